@@ -1,0 +1,128 @@
+//! The attempt context every policy decision receives.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where a request stands in its retry loop, handed to every policy decision.
+///
+/// The engine keeps one `Attempt` per request and updates it as the loop goes
+/// on. It is `Copy` and costs nothing to pass around.
+///
+/// - [`number`](Self::number) is 1-based: the first attempt is attempt 1.
+/// - [`elapsed`](Self::elapsed) is measured with tokio's clock, so a paused
+///   test clock drives it. It is only measured when the policy asks for it
+///   (see [`Policy::measure_elapsed`](crate::Policy::measure_elapsed)),
+///   because reading the clock on every request costs more than the rest of
+///   the success path.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ollama_retry::Attempt;
+///
+/// let attempt = Attempt::new(2, 3).with_total_delay(Duration::from_secs(2));
+/// assert_eq!(attempt.number(), 2);
+/// assert!(!attempt.is_last());
+/// assert_eq!(attempt.remaining(), 1);
+/// assert_eq!(attempt.total_delay(), Duration::from_secs(2));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub(crate) number: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) started: Option<Instant>,
+    pub(crate) total_delay: Duration,
+    pub(crate) last_delay: Duration,
+    pub(crate) recoveries: u32,
+}
+
+impl Attempt {
+    /// An attempt context for attempt `number` (1-based) of `max_attempts`,
+    /// with no delay and no recovery so far.
+    ///
+    /// The engine builds these itself; this constructor exists so that a
+    /// [`Backoff`](crate::Backoff) or a classifier can be tested on its own.
+    pub const fn new(number: u32, max_attempts: u32) -> Self {
+        Self {
+            number,
+            max_attempts,
+            started: None,
+            total_delay: Duration::ZERO,
+            last_delay: Duration::ZERO,
+            recoveries: 0,
+        }
+    }
+
+    /// Sets the total delay slept so far.
+    pub const fn with_total_delay(mut self, total: Duration) -> Self {
+        self.total_delay = total;
+        self
+    }
+
+    /// Sets the delay slept before this attempt (used by decorrelated jitter).
+    pub const fn with_last_delay(mut self, last: Duration) -> Self {
+        self.last_delay = last;
+        self
+    }
+
+    /// Sets the number of recoveries run so far.
+    pub const fn with_recoveries(mut self, recoveries: u32) -> Self {
+        self.recoveries = recoveries;
+        self
+    }
+
+    /// Sets the instant the first attempt started, which turns on
+    /// [`elapsed`](Self::elapsed).
+    pub const fn with_start(mut self, started: Instant) -> Self {
+        self.started = Some(started);
+        self
+    }
+
+    /// The 1-based number of this attempt.
+    pub const fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The most attempts this request may make, the first included.
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether this is the last attempt the policy allows.
+    pub const fn is_last(&self) -> bool {
+        self.number >= self.max_attempts
+    }
+
+    /// How many attempts may still follow this one.
+    pub const fn remaining(&self) -> u32 {
+        self.max_attempts.saturating_sub(self.number)
+    }
+
+    /// Time since the first attempt started, on tokio's clock.
+    ///
+    /// `None` unless the policy asked the engine to measure it.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.started.map(|s| s.elapsed())
+    }
+
+    /// The instant the first attempt started, when measured.
+    pub const fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
+    /// The sum of all delays slept so far.
+    pub const fn total_delay(&self) -> Duration {
+        self.total_delay
+    }
+
+    /// The delay slept right before this attempt (zero for the first).
+    pub const fn last_delay(&self) -> Duration {
+        self.last_delay
+    }
+
+    /// How many recoveries have run so far.
+    pub const fn recoveries(&self) -> u32 {
+        self.recoveries
+    }
+}

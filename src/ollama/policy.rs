@@ -1,0 +1,318 @@
+//! [`OllamaPolicy`]: CodeWorm's retry loop as a [`Policy`].
+
+use super::rules::{Mode, classify_error};
+use crate::backoff::Linear;
+use crate::compose::{hinted_delay, readiness_error};
+use crate::{
+    AsStdError, Attempt, BoxError, Class, ClassLimits, Decision, Failure, Finished, OllamaError,
+    Policy, Reason, Recover, RetryError,
+};
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// Marker: the policy classifies `http::Request` / `http::Response` traffic
+/// (see the [`http`](crate::http) module). The default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Http;
+
+/// Marker: the policy is transport-agnostic. Requests are replayed by
+/// `Clone`, every `Ok` is a success, and errors are classified by walking
+/// their `source()` chain (an [`OllamaError`] names its class).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plain;
+
+/// CodeWorm's retry loop: recover then retry at once on OOM, back off
+/// linearly on timeouts and connection errors, fail at once on anything else.
+///
+/// - [`OllamaPolicy::codeworm`] reproduces CodeWorm exactly (see [`Mode`]).
+/// - [`OllamaPolicy::default`] keeps the loop and classifies the real Ollama
+///   error surface.
+///
+/// Both make 3 attempts in total, sleep `2 s × attempt` after a timeout or
+/// connection error (2 s, then 4 s), never sleep after the last attempt, and
+/// retry at once after a recovery.
+///
+/// `T` says what traffic the policy classifies: [`Http`] (the default) or
+/// [`Plain`]. `R` is the recovery hook: `()` (none) by default, an
+/// [`OllamaRecovery`](crate::ollama::OllamaRecovery) or any [`Recover`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{ServiceExt, service_fn};
+/// use tower_ollama_retry::{OllamaError, OllamaPolicy, RetryLayer};
+/// use tower::Layer;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let policy = OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
+/// let mut fails = 1;
+/// let svc = RetryLayer::new(policy).layer(tower::util::BoxCloneService::new(service_fn(move |_: ()| {
+///     async move { Err::<&str, _>(OllamaError::timeout("read timed out")) }
+/// })));
+/// let err = svc.oneshot(()).await.unwrap_err();
+/// assert_eq!(err.attempts(), 3);
+/// assert_eq!(err.to_string(), "request failed after 3 attempts: every allowed attempt failed: read timed out");
+/// # let _ = fails;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct OllamaPolicy<T = Http, R = ()> {
+    pub(crate) mode: Mode,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) max_delay: Duration,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) limits: ClassLimits,
+    pub(crate) recover: R,
+    // The class of the last failure, for `finish`'s CodeWorm messages.
+    pub(crate) last_class: Class,
+    _transport: PhantomData<fn() -> T>,
+}
+
+impl<T, R: Clone> Clone for OllamaPolicy<T, R> {
+    fn clone(&self) -> Self {
+        Self {
+            mode: self.mode,
+            max_attempts: self.max_attempts,
+            retry_delay: self.retry_delay,
+            max_delay: self.max_delay,
+            deadline: self.deadline,
+            limits: self.limits,
+            recover: self.recover.clone(),
+            last_class: self.last_class,
+            _transport: PhantomData,
+        }
+    }
+}
+
+impl Default for OllamaPolicy {
+    /// The default mode, for HTTP traffic, with no recovery hook.
+    fn default() -> Self {
+        Self::with_mode(Mode::Default)
+    }
+}
+
+impl OllamaPolicy {
+    /// CodeWorm's exact semantics, for HTTP traffic.
+    pub fn codeworm() -> Self {
+        Self::with_mode(Mode::CodeWorm)
+    }
+
+    /// The default mode for transport-agnostic traffic ([`Plain`]).
+    pub fn plain() -> OllamaPolicy<Plain> {
+        Self::default().into_plain()
+    }
+
+    fn with_mode(mode: Mode) -> Self {
+        Self {
+            mode,
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(2),
+            max_delay: match mode {
+                Mode::CodeWorm => Duration::MAX,
+                Mode::Default => Duration::from_secs(60),
+            },
+            deadline: None,
+            limits: ClassLimits::default(),
+            recover: (),
+            last_class: Class::Success,
+            _transport: PhantomData,
+        }
+    }
+}
+
+impl<T, R> OllamaPolicy<T, R> {
+    /// Switches to `mode`'s classification rules.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The classification mode.
+    pub fn current_mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Total attempts, the first included (CodeWorm's `max_retries`,
+    /// default 3). Zero sends nothing and fails with
+    /// [`Reason::NoAttempts`].
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The linear step (CodeWorm's `retry_delay`, default 2 s).
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// The cap on any single delay, server hints included (default mode:
+    /// 60 s; CodeWorm mode: none).
+    pub fn with_max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// An overall deadline across attempts; a delay that cannot finish
+    /// before it is not started ([`Reason::Deadline`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// At most `max` retried failures of `class` per request, for example
+    /// `with_class_limit(Class::Oom, 1)`: one OOM recovery, then the next OOM
+    /// is fatal.
+    pub fn with_class_limit(mut self, class: Class, max: u32) -> Self {
+        self.limits = self.limits.with_limit(class, max);
+        self
+    }
+
+    /// The recovery hook run after an OOM.
+    pub fn with_recovery<R2>(self, recover: R2) -> OllamaPolicy<T, R2> {
+        OllamaPolicy {
+            mode: self.mode,
+            max_attempts: self.max_attempts,
+            retry_delay: self.retry_delay,
+            max_delay: self.max_delay,
+            deadline: self.deadline,
+            limits: self.limits,
+            recover,
+            last_class: self.last_class,
+            _transport: PhantomData,
+        }
+    }
+
+    /// The same policy for transport-agnostic traffic.
+    pub fn into_plain(self) -> OllamaPolicy<Plain, R> {
+        self.retype()
+    }
+
+    /// The same policy for HTTP traffic.
+    pub fn into_http(self) -> OllamaPolicy<Http, R> {
+        self.retype()
+    }
+
+    fn retype<T2>(self) -> OllamaPolicy<T2, R> {
+        OllamaPolicy {
+            mode: self.mode,
+            max_attempts: self.max_attempts,
+            retry_delay: self.retry_delay,
+            max_delay: self.max_delay,
+            deadline: self.deadline,
+            limits: self.limits,
+            recover: self.recover,
+            last_class: self.last_class,
+            _transport: PhantomData,
+        }
+    }
+
+    /// The recovery hook.
+    pub fn recovery(&self) -> &R {
+        &self.recover
+    }
+
+    /// The loop's decision for a classified failure: shared by every
+    /// transport.
+    pub(crate) fn decide(&mut self, attempt: &Attempt, failure: Failure) -> Decision {
+        self.last_class = failure.class();
+        match failure.class() {
+            Class::Success => Decision::Success,
+            Class::Fatal => Decision::Fatal(failure),
+            class if !self.limits.admit(class) => Decision::Fatal(failure),
+            Class::Oom => match self.mode {
+                // CodeWorm recovers even after the last attempt.
+                Mode::CodeWorm => Decision::Recover(failure),
+                // A recovery after the last attempt helps nobody.
+                Mode::Default if attempt.is_last() => Decision::Retry(failure),
+                Mode::Default => Decision::Recover(failure),
+            },
+            _ => Decision::Retry(failure),
+        }
+    }
+
+    pub(crate) fn delay(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
+        let mut linear = Linear::new(self.retry_delay);
+        hinted_delay(&mut linear, attempt, failure, self.max_delay)
+    }
+
+    /// The CodeWorm-shaped final error for a loop that ended without a
+    /// usable result.
+    pub(crate) fn final_error(&self, finished: Finished<impl Sized, BoxError>) -> RetryError {
+        let (last, recovery_error, report) = finished.into_parts();
+        let source = match (report.reason(), last, recovery_error) {
+            (Reason::RecoveryFailed, _, Some(e)) => Some(OllamaError::recovery_failed(e).into()),
+            (Reason::Exhausted, Some(Err(_)), _)
+                if self.mode == Mode::CodeWorm && self.last_class == Class::Oom =>
+            {
+                // CodeWorm drops the server's message for a fresh error.
+                Some(OllamaError::oom_after_recovery().into())
+            }
+            (Reason::NoAttempts, _, _) if self.mode == Mode::CodeWorm => {
+                Some(OllamaError::other("Generation failed after retries").into())
+            }
+            (_, Some(Err(e)), _) => Some(e),
+            (_, _, e) => e,
+        };
+        RetryError::new(report, source)
+    }
+}
+
+impl<R, Req, Res, E> Policy<Req, Res, E> for OllamaPolicy<Plain, R>
+where
+    R: Recover<Req>,
+    Req: Clone,
+    E: Into<BoxError> + AsStdError,
+{
+    type Error = RetryError;
+    type Recover = R::Future;
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    fn replay(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+
+    fn classify(&mut self, attempt: &Attempt, result: &Result<Res, E>) -> Decision {
+        let Err(e) = result else {
+            return Decision::Success;
+        };
+        let Some(err) = e.as_std_error() else {
+            return Decision::Success;
+        };
+        let failure = Failure::new(classify_error(self.mode, err)).with_message(err.to_string());
+        self.decide(attempt, failure)
+    }
+
+    fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
+        self.delay(attempt, failure)
+    }
+
+    fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Req) -> R::Future {
+        self.recover.recover(attempt, failure, next)
+    }
+
+    fn readiness_error(&mut self, error: E) -> RetryError {
+        readiness_error(error)
+    }
+
+    fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
+        let (last, recovery_error, report) = finished.into_parts();
+        let last = match last {
+            Some(Ok(res)) => return Ok(res),
+            Some(Err(e)) => Some(Err(e.into())),
+            None => None,
+        };
+        let mut finished = Finished::<Res, BoxError>::new(last, report);
+        finished.recovery_error = recovery_error;
+        Err(self.final_error(finished))
+    }
+}
