@@ -60,6 +60,8 @@ mod classify;
 mod compose;
 mod error;
 pub mod future;
+#[cfg(feature = "http")]
+pub mod http;
 mod layer;
 pub mod ollama;
 mod policy;

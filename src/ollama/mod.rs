@@ -29,6 +29,8 @@
 //! | bad URI, unsupported scheme | fatal | fatal |
 
 mod error;
+#[cfg(feature = "test-util")]
+pub mod fake;
 mod policy;
 mod rules;
 

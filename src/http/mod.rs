@@ -1,0 +1,1 @@
+//! HTTP support: request replay and response peeking. (Work in progress.)

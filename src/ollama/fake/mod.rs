@@ -1,0 +1,1 @@
+//! The embedded fake Ollama server. (Work in progress.)
