@@ -73,7 +73,8 @@ where
 {
     pub(crate) fn new(mut service: S, mut policy: P, req: Req) -> Self {
         let max = policy.max_attempts();
-        let mut attempt = Attempt::new(1, max);
+        // Attempt 0 of 0: nothing is ever sent.
+        let mut attempt = Attempt::new(max.min(1), max);
         let (state, next) = if max == 0 {
             (State::NoAttempts, None)
         } else {
