@@ -32,6 +32,7 @@ pub struct Attempt {
     pub(crate) number: u32,
     pub(crate) max_attempts: u32,
     pub(crate) started: Option<Instant>,
+    pub(crate) sent_at: Option<Instant>,
     pub(crate) total_delay: Duration,
     pub(crate) last_delay: Duration,
     pub(crate) recoveries: u32,
@@ -48,6 +49,7 @@ impl Attempt {
             number,
             max_attempts,
             started: None,
+            sent_at: None,
             total_delay: Duration::ZERO,
             last_delay: Duration::ZERO,
             recoveries: 0,
@@ -76,6 +78,12 @@ impl Attempt {
     /// [`elapsed`](Self::elapsed).
     pub const fn with_start(mut self, started: Instant) -> Self {
         self.started = Some(started);
+        self
+    }
+
+    /// Sets the instant this attempt was sent.
+    pub const fn with_sent_at(mut self, sent_at: Instant) -> Self {
+        self.sent_at = Some(sent_at);
         self
     }
 
@@ -109,6 +117,14 @@ impl Attempt {
     /// The instant the first attempt started, when measured.
     pub const fn started(&self) -> Option<Instant> {
         self.started
+    }
+
+    /// The instant this attempt was sent, when measured (see
+    /// [`elapsed`](Self::elapsed)). A single-flight recovery uses it to tell
+    /// an attempt that failed before the latest recovery finished (and so
+    /// needs none) from one that failed after it.
+    pub const fn sent_at(&self) -> Option<Instant> {
+        self.sent_at
     }
 
     /// The sum of all delays slept so far.

@@ -2,6 +2,7 @@
 //! a recovery hook.
 
 use crate::backoff::Exponential;
+use crate::common::{Common, common_builders};
 use crate::{
     AsStdError, Attempt, Backoff, BoxError, Classify, Decision, Failure, Finished, Policy, Recover,
     Reason, Report, RetryError,
@@ -54,6 +55,7 @@ pub struct RetryPolicy<C, B = Exponential, R = ()> {
     max_attempts: u32,
     max_delay: Duration,
     deadline: Option<Duration>,
+    common: Common,
 }
 
 impl<C> RetryPolicy<C> {
@@ -66,11 +68,14 @@ impl<C> RetryPolicy<C> {
             max_attempts: 3,
             max_delay: Duration::from_secs(30),
             deadline: None,
+            common: Common::default(),
         }
     }
 }
 
 impl<C, B, R> RetryPolicy<C, B, R> {
+    common_builders!();
+
     /// The most attempts, the first included.
     pub fn with_max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
@@ -86,6 +91,7 @@ impl<C, B, R> RetryPolicy<C, B, R> {
             max_attempts: self.max_attempts,
             max_delay: self.max_delay,
             deadline: self.deadline,
+            common: self.common,
         }
     }
 
@@ -98,6 +104,7 @@ impl<C, B, R> RetryPolicy<C, B, R> {
             max_attempts: self.max_attempts,
             max_delay: self.max_delay,
             deadline: self.deadline,
+            common: self.common,
         }
     }
 
@@ -186,7 +193,12 @@ where
         readiness_error(error)
     }
 
+    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
+        self.common.permit_retry(attempt, failure)
+    }
+
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
+        self.common.finish(finished.report());
         finished.into_result()
     }
 }

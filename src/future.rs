@@ -48,6 +48,8 @@ pin_project! {
         next: Option<Req>,
         // The result that the loop returns if it stops while waiting.
         last: Option<Result<S::Response, S::Error>>,
+        // The failure that the next attempt retries.
+        failure: Option<Failure>,
         attempt: Attempt,
         failures: Vec<FailedAttempt>,
         span: Span,
@@ -79,7 +81,9 @@ where
             (State::NoAttempts, None)
         } else {
             if policy.measure_elapsed() {
-                attempt.started = Some(Instant::now());
+                let now = Instant::now();
+                attempt.started = Some(now);
+                attempt.sent_at = Some(now);
             }
             let next = policy.replay(&req);
             let future = service.call(req);
@@ -91,6 +95,7 @@ where
             policy,
             next,
             last: None,
+            failure: None,
             attempt,
             failures: Vec::new(),
             span: Span::none(),
@@ -211,6 +216,7 @@ where
                             ) {
                                 Ok(next_state) => {
                                     *this.last = Some(result);
+                                    *this.failure = Some(failure);
                                     this.state.set(next_state);
                                     continue;
                                 }
@@ -255,7 +261,8 @@ where
                 Step::Ready(Ok(())) => {
                     let mut upcoming = *attempt;
                     upcoming.number = upcoming.number.saturating_add(1);
-                    if let Err(reason) = this.policy.permit_retry(&upcoming) {
+                    let failure = this.failure.take().unwrap_or(Failure::new(Class::Transient));
+                    if let Err(reason) = this.policy.permit_retry(&upcoming, &failure) {
                         this.span.in_scope(|| {
                             tracing::warn!(attempt = upcoming.number, reason = reason.as_str(), "retry_denied")
                         });
@@ -265,6 +272,9 @@ where
                         match this.next.take() {
                             None => (this.last.take(), None, Reason::NotReplayable),
                             Some(req) => {
+                                if attempt.started.is_some() {
+                                    upcoming.sent_at = Some(Instant::now());
+                                }
                                 *attempt = upcoming;
                                 this.span.record("attempt", upcoming.number);
                                 this.last.take();
@@ -350,6 +360,7 @@ where
         if let Some(f) = failures.last_mut() {
             f.recovered = true;
         }
+        attempt.last_delay = Duration::ZERO;
         let [attempting, _, _] = recovery_names(failure.class());
         span.in_scope(|| tracing::info!(attempt = n, class = %failure.class(), "{attempting}"));
         let future = policy.recover(attempt, failure, req);

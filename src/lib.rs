@@ -55,11 +55,14 @@
 
 mod attempt;
 pub mod backoff;
+mod budget;
 mod class;
 mod classify;
+mod common;
 mod compose;
 mod error;
 pub mod future;
+pub mod hint;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
@@ -68,11 +71,14 @@ mod policy;
 mod recover;
 mod report;
 mod service;
+mod stats;
 
 pub use attempt::Attempt;
 pub use backoff::Backoff;
+pub use budget::{BudgetError, RetryBudget};
 pub use class::{Class, ClassLimits, Decision, Failure};
 pub use classify::{AsStdError, Classify};
+pub use common::RetryEvent;
 pub use compose::RetryPolicy;
 pub use error::{Reason, RetryError};
 pub use layer::RetryLayer;
@@ -81,6 +87,7 @@ pub use policy::{Finished, Policy};
 pub use recover::{Recover, recover_fn};
 pub use report::{FailedAttempt, Report};
 pub use service::Retry;
+pub use stats::{Stats, StatsSnapshot};
 
 /// The boxed error type used across tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -49,10 +49,10 @@ pub trait Policy<Req, Res, E> {
         None
     }
 
-    /// Whether the engine should read the clock when the first attempt
-    /// starts, so that [`Attempt::elapsed`] works. It is on whenever a
-    /// [`deadline`](Self::deadline) is set. Off by default because reading
-    /// the clock costs more than the rest of the success path.
+    /// Whether the engine should read the clock as each attempt is sent, so
+    /// that [`Attempt::elapsed`] and [`Attempt::sent_at`] work. It is on
+    /// whenever a [`deadline`](Self::deadline) is set. Off by default because
+    /// reading the clock costs more than the rest of the success path.
     fn measure_elapsed(&self) -> bool {
         self.deadline().is_some()
     }
@@ -75,9 +75,9 @@ pub trait Policy<Req, Res, E> {
     /// A last say just before a retry is sent, after the delay or recovery
     /// and after the inner service is ready: a retry budget withdraws its
     /// token here, so that a retry that is never sent costs none. `attempt`
-    /// is the attempt about to be sent.
-    fn permit_retry(&mut self, attempt: &Attempt) -> Result<(), Reason> {
-        let _ = attempt;
+    /// is the attempt about to be sent, `failure` the one it retries.
+    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
+        let _ = (attempt, failure);
         Ok(())
     }
 

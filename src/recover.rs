@@ -24,6 +24,12 @@ pub trait Recover<Req> {
     /// Starts a recovery after `attempt` failed with `failure`. `next` is the
     /// request the next attempt will send; the hook may rewrite it.
     fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Req) -> Self::Future;
+
+    /// Whether the hook needs [`Attempt::sent_at`]; policies then ask the
+    /// engine to read the clock for each attempt. `false` by default.
+    fn needs_clock(&self) -> bool {
+        false
+    }
 }
 
 /// The no-op hook: recovery succeeds at once.

@@ -301,7 +301,7 @@ impl<P: Policy<u32, u32, BoxError>> Policy<u32, u32, BoxError> for Deny<P> {
     fn recover(&mut self, a: &Attempt, f: &Failure, n: &mut u32) -> Self::Recover {
         self.0.recover(a, f, n)
     }
-    fn permit_retry(&mut self, a: &Attempt) -> Result<(), Reason> {
+    fn permit_retry(&mut self, a: &Attempt, _: &Failure) -> Result<(), Reason> {
         self.1.lock().unwrap().push(a.number());
         Err(Reason::Budget)
     }

@@ -2,6 +2,7 @@
 
 use super::rules::{Mode, classify_error};
 use crate::backoff::Linear;
+use crate::common::{Common, common_builders};
 use crate::compose::{hinted_delay, readiness_error};
 use crate::{
     AsStdError, Attempt, BoxError, Class, ClassLimits, Decision, Failure, Finished, OllamaError,
@@ -65,6 +66,7 @@ pub struct OllamaPolicy<T = Http, R = ()> {
     pub(crate) deadline: Option<Duration>,
     pub(crate) limits: ClassLimits,
     pub(crate) recover: R,
+    pub(crate) common: Common,
     // The class of the last failure, for `finish`'s CodeWorm messages.
     pub(crate) last_class: Class,
     _transport: PhantomData<fn() -> T>,
@@ -80,6 +82,7 @@ impl<T, R: Clone> Clone for OllamaPolicy<T, R> {
             deadline: self.deadline,
             limits: self.limits,
             recover: self.recover.clone(),
+            common: self.common.clone(),
             last_class: self.last_class,
             _transport: PhantomData,
         }
@@ -116,6 +119,7 @@ impl OllamaPolicy {
             deadline: None,
             limits: ClassLimits::default(),
             recover: (),
+            common: Common::default(),
             last_class: Class::Success,
             _transport: PhantomData,
         }
@@ -123,6 +127,8 @@ impl OllamaPolicy {
 }
 
 impl<T, R> OllamaPolicy<T, R> {
+    common_builders!();
+
     /// Switches to `mode`'s classification rules.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
@@ -180,6 +186,7 @@ impl<T, R> OllamaPolicy<T, R> {
             deadline: self.deadline,
             limits: self.limits,
             recover,
+            common: self.common,
             last_class: self.last_class,
             _transport: PhantomData,
         }
@@ -204,6 +211,7 @@ impl<T, R> OllamaPolicy<T, R> {
             deadline: self.deadline,
             limits: self.limits,
             recover: self.recover,
+            common: self.common,
             last_class: self.last_class,
             _transport: PhantomData,
         }
@@ -242,6 +250,7 @@ impl<T, R> OllamaPolicy<T, R> {
     /// usable result.
     pub(crate) fn final_error(&self, finished: Finished<impl Sized, BoxError>) -> RetryError {
         let (last, recovery_error, report) = finished.into_parts();
+        self.common.finish(&report);
         let source = match (report.reason(), last, recovery_error) {
             (Reason::RecoveryFailed, _, Some(e)) => Some(OllamaError::recovery_failed(e).into()),
             (Reason::Exhausted, Some(Err(_)), _)
@@ -277,6 +286,10 @@ where
         self.deadline
     }
 
+    fn measure_elapsed(&self) -> bool {
+        self.deadline.is_some() || self.recover.needs_clock()
+    }
+
     fn replay(&mut self, req: &Req) -> Option<Req> {
         Some(req.clone())
     }
@@ -304,10 +317,17 @@ where
         readiness_error(error)
     }
 
+    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
+        self.common.permit_retry(attempt, failure)
+    }
+
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
         let (last, recovery_error, report) = finished.into_parts();
         let last = match last {
-            Some(Ok(res)) => return Ok(res),
+            Some(Ok(res)) => {
+                self.common.finish(&report);
+                return Ok(res);
+            }
             Some(Err(e)) => Some(Err(e.into())),
             None => None,
         };
