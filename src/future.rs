@@ -21,8 +21,20 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::{Level, Span};
 
+/// The response future of [`Retry`](crate::Retry) for service `S`, policy
+/// `P` and request `Req`: a [`RetryFuture`] with its types spelled out.
+pub type ResponseFuture<S, P, Req> = RetryFuture<
+    S,
+    P,
+    Req,
+    <S as Service<Req>>::Future,
+    <P as Policy<Req, <S as Service<Req>>::Response, <S as Service<Req>>::Error>>::Recover,
+    <S as Service<Req>>::Response,
+    <S as Service<Req>>::Error,
+>;
+
 pin_project! {
-    /// The response future of [`Retry`](crate::Retry).
+    /// The retry loop's state machine; name it through [`ResponseFuture`].
     ///
     /// A named state machine, `Send` when the service, its future, the
     /// policy, its recovery future and the request are. On the success path
@@ -35,19 +47,22 @@ pin_project! {
     /// Dropping it at any point (during a call, a delay or a recovery) stops
     /// the loop: no further attempt is sent, no hook runs, and the timer is
     /// released.
-    pub struct ResponseFuture<S, P, Req>
-    where
-        S: Service<Req>,
-        P: Policy<Req, S::Response, S::Error>,
-    {
+    ///
+    /// `F` is the inner service's future, `R` the recovery's, `Res` and `E`
+    /// the inner response and error. They are parameters, not projections
+    /// behind trait bounds, so that the future is `Send` structurally: a
+    /// `where` clause on the struct would be re-checked with erased
+    /// lifetimes when the future is held across an `.await` in another
+    /// `Send` future, and fail for errors such as `BoxError`.
+    pub struct RetryFuture<S, P, Req, F, R, Res, E> {
         #[pin]
-        state: State<S::Future, P::Recover>,
+        state: State<F, R>,
         service: S,
         policy: P,
         // The copy the next attempt (or a recovery hook) will use.
         next: Option<Req>,
         // The result that the loop returns if it stops while waiting.
-        last: Option<Result<S::Response, S::Error>>,
+        last: Option<Result<Res, E>>,
         // The failure that the next attempt retries.
         failure: Option<Failure>,
         attempt: Attempt,
@@ -68,10 +83,10 @@ pin_project! {
     }
 }
 
-impl<S, P, Req> ResponseFuture<S, P, Req>
+impl<S, P, Req, F, R, Res, E> RetryFuture<S, P, Req, F, R, Res, E>
 where
-    S: Service<Req>,
-    P: Policy<Req, S::Response, S::Error>,
+    S: Service<Req, Future = F, Response = Res, Error = E>,
+    P: Policy<Req, Res, E, Recover = R>,
 {
     pub(crate) fn new(mut service: S, mut policy: P, req: Req) -> Self {
         let max = policy.max_attempts();
@@ -103,13 +118,9 @@ where
     }
 }
 
-impl<S, P, Req> std::fmt::Debug for ResponseFuture<S, P, Req>
-where
-    S: Service<Req>,
-    P: Policy<Req, S::Response, S::Error>,
-{
+impl<S, P, Req, F, R, Res, E> std::fmt::Debug for RetryFuture<S, P, Req, F, R, Res, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
+        f.debug_struct("RetryFuture")
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -137,12 +148,14 @@ enum Step<Res, E, RE> {
     NoAttempts,
 }
 
-impl<S, P, Req> Future for ResponseFuture<S, P, Req>
+impl<S, P, Req, F, R, Res, E> Future for RetryFuture<S, P, Req, F, R, Res, E>
 where
-    S: Service<Req>,
-    P: Policy<Req, S::Response, S::Error>,
+    S: Service<Req, Future = F, Response = Res, Error = E>,
+    F: Future<Output = Result<Res, E>>,
+    P: Policy<Req, Res, E, Recover = R>,
+    R: Future<Output = Result<(), crate::BoxError>>,
 {
-    type Output = Result<S::Response, P::Error>;
+    type Output = Result<Res, P::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
