@@ -127,8 +127,7 @@ async fn stats_and_on_retry_see_every_decision() {
         }
     }));
     svc.clone().oneshot(()).await.unwrap();
-    let _ = svc
-        .clone()
+    svc.clone()
         .oneshot(())
         .await
         .expect("the third call onward succeeds");

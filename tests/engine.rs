@@ -64,9 +64,10 @@ impl Service<u32> for Strict {
     }
 }
 
-fn zero_delay_policy() -> RetryPolicy<fn(&Attempt, &Result<u32, BoxError>) -> Decision, Constant>
-{
-    RetryPolicy::new(transient as fn(&Attempt, &Result<u32, BoxError>) -> Decision)
+type Classifier = fn(&Attempt, &Result<u32, BoxError>) -> Decision;
+
+fn zero_delay_policy() -> RetryPolicy<Classifier, Constant> {
+    RetryPolicy::new(transient as Classifier)
         .with_backoff(Constant::new(Duration::ZERO))
 }
 

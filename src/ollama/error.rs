@@ -69,7 +69,7 @@ impl OllamaError {
     }
 
     /// A non-success response with its body text, CodeWorm's
-    /// "Generation failed: <body>".
+    /// "Generation failed: `<body>`".
     pub fn status(status: u16, body: impl Into<String>) -> Self {
         let body = body.into();
         Self::new(OllamaErrorKind::Status(status), body)

@@ -31,11 +31,17 @@
 mod error;
 #[cfg(feature = "test-util")]
 pub mod fake;
+#[cfg(feature = "ollama")]
+mod http;
 mod policy;
+#[cfg(feature = "ollama")]
+mod recovery;
 mod rules;
 
 pub use error::{OllamaError, OllamaErrorKind};
 pub use policy::{Http, OllamaPolicy, Plain};
+#[cfg(feature = "ollama")]
+pub use recovery::{CODEWORM_RECOVERY_CTX, OllamaRecovery};
 pub use rules::{
     CANCEL_MARKERS, Mode, OOM_MARKERS, TRANSIENT_MARKERS, classify_error, classify_status,
     error_message,

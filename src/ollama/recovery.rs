@@ -365,9 +365,11 @@ impl<B> Recover<Request<ReplayBody<B>>> for OllamaRecovery {
         if failure.class() != Class::Oom {
             return async { Ok(()) }.boxed();
         }
-        let Some(body) = next.body().replay_bytes() else {
+        let Some(body) = next.body().buffered_bytes() else {
             return async { Ok(()) }.boxed();
         };
+        let body = body.clone();
+        let body = &body[..];
         let Some(target) = Target::from_body(body) else {
             tracing::warn!("OOM recovery skipped: the request body names no model");
             return async { Ok(()) }.boxed();

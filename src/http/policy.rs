@@ -1,0 +1,361 @@
+//! [`HttpPolicy`]: retries for any HTTP API, the way Envoy and browsers do.
+
+use super::response::{already_retried, attach_report};
+use super::{ReplayableBody, replay_request};
+use crate::backoff::{Exponential, Jitter, JitterKind};
+use crate::common::{Common, common_builders};
+use crate::compose::{hinted_delay, readiness_error};
+use crate::hint::retry_after_header;
+use crate::ollama::{Mode, classify_error};
+use crate::{
+    AsStdError, Attempt, Backoff, BoxError, Class, ClassLimits, Decision, Failure, Finished,
+    Policy, Reason, Recover, RetryError,
+};
+use http::{Method, Request, Response, StatusCode};
+use std::time::Duration;
+
+/// A request extension that lets [`HttpPolicy`] retry a request whose method
+/// is not idempotent (a `POST`, say) when its failure is retryable.
+///
+/// ```
+/// use tower_ollama_retry::http::RetryNonIdempotent;
+///
+/// let mut req = http::Request::post("http://example.com/jobs").body(()).unwrap();
+/// req.extensions_mut().insert(RetryNonIdempotent);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryNonIdempotent;
+
+/// A set of HTTP status codes, as a bitset (no allocation, `Copy`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StatusSet {
+    bits: [u64; 16],
+}
+
+impl StatusSet {
+    /// No status.
+    pub const fn empty() -> Self {
+        Self { bits: [0; 16] }
+    }
+
+    /// 408, 429, 500, 502, 503 and 504: the statuses worth retrying.
+    pub fn default_retryable() -> Self {
+        [408, 429, 500, 502, 503, 504].into_iter().collect()
+    }
+
+    /// Adds `status` (100 to 999; others are ignored).
+    pub fn insert(&mut self, status: u16) {
+        if (100..1000).contains(&status) {
+            self.bits[usize::from(status / 64)] |= 1 << (status % 64);
+        }
+    }
+
+    /// Removes `status`.
+    pub fn remove(&mut self, status: u16) {
+        if (100..1000).contains(&status) {
+            self.bits[usize::from(status / 64)] &= !(1 << (status % 64));
+        }
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        (100..1000).contains(&status) && self.bits[usize::from(status / 64)] & (1 << (status % 64)) != 0
+    }
+}
+
+impl FromIterator<u16> for StatusSet {
+    fn from_iter<I: IntoIterator<Item = u16>>(iter: I) -> Self {
+        let mut set = Self::empty();
+        for s in iter {
+            set.insert(s);
+        }
+        set
+    }
+}
+
+impl std::fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries((100..1000).filter(|s| self.contains(*s))).finish()
+    }
+}
+
+/// The default backoff of [`HttpPolicy`]: exponential from 100 ms, capped
+/// at 10 s, with full jitter.
+pub type DefaultHttpBackoff = Jitter<Exponential>;
+
+fn default_backoff() -> DefaultHttpBackoff {
+    let max = Duration::from_secs(10);
+    Jitter::new(Exponential::new(Duration::from_millis(100)).with_max(max), JitterKind::Full)
+        .with_cap(max)
+}
+
+/// Whether a method is idempotent (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Whether an error proves that the request never reached the server's
+/// application logic: no connection was made, or HTTP/2 refused the stream
+/// (`REFUSED_STREAM`, also what streams past a `GOAWAY` get).
+pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    if classify_error(Mode::Default, err) == Class::Connection {
+        return true;
+    }
+    std::iter::successors(Some(err), |e| e.source())
+        .any(|e| e.to_string().to_ascii_lowercase().contains("refused stream"))
+}
+
+/// Retries for any HTTP API.
+///
+/// - It retries responses whose status is in a [`StatusSet`] (by default 408,
+///   429, 500, 502, 503 and 504) and transport failures (connection errors,
+///   timeouts, connections closed mid-response), honouring `Retry-After`
+///   (capped by [`with_max_delay`](Self::with_max_delay)).
+/// - It retries only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE,
+///   TRACE), unless [`retry_non_idempotent`](Self::retry_non_idempotent) is
+///   on or the request carries [`RetryNonIdempotent`]. A failure that proves
+///   the request was never sent (connection refused, HTTP/2
+///   `REFUSED_STREAM`) is retried even for a `POST`.
+/// - The defaults: 3 attempts, exponential backoff from 100 ms with full
+///   jitter, 10 s at most per delay (a `Retry-After` up to 30 s is honoured).
+/// - A response an inner retry layer already gave up on is not retried
+///   again, and the final response carries the attempt [`Report`](crate::Report)
+///   as an extension when it was retried.
+///
+/// Requests replay through [`ReplayableBody`]: put [`ReplayLayer`](super::ReplayLayer)
+/// outside the retry layer for streaming bodies.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use std::time::Duration;
+/// use tower::{ServiceExt, service_fn, Layer};
+/// use tower_ollama_retry::{BoxError, Report, RetryLayer, http::HttpPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// let seen = calls.clone();
+/// let api = service_fn(move |_req: http::Request<Full<Bytes>>| {
+///     let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+///     async move {
+///         let status = if n == 0 { 503 } else { 200 };
+///         Ok::<_, BoxError>(http::Response::builder().status(status).header("retry-after", "0")
+///             .body(Full::new(Bytes::new())).unwrap())
+///     }
+/// });
+/// let svc = RetryLayer::new(HttpPolicy::new()).layer(api);
+/// let req = http::Request::get("http://example.com/").body(Full::new(Bytes::new())).unwrap();
+/// let res = svc.oneshot(req).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert_eq!(res.extensions().get::<Report>().unwrap().attempts(), 2);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct HttpPolicy<B = DefaultHttpBackoff, R = ()> {
+    max_attempts: u32,
+    statuses: StatusSet,
+    non_idempotent: bool,
+    backoff: B,
+    recover: R,
+    max_delay: Duration,
+    deadline: Option<Duration>,
+    limits: ClassLimits,
+    common: Common,
+    // Per request: whether this request may be retried after it was sent.
+    idempotent: bool,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpPolicy {
+    /// The defaults above.
+    pub fn new() -> Self {
+        Self {
+            max_attempts: 3,
+            statuses: StatusSet::default_retryable(),
+            non_idempotent: false,
+            backoff: default_backoff(),
+            recover: (),
+            max_delay: Duration::from_secs(30),
+            deadline: None,
+            limits: ClassLimits::default(),
+            common: Common::default(),
+            idempotent: true,
+        }
+    }
+}
+
+impl<B, R> HttpPolicy<B, R> {
+    common_builders!();
+
+    /// Total attempts, the first included.
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The statuses to retry.
+    pub fn with_statuses(mut self, statuses: StatusSet) -> Self {
+        self.statuses = statuses;
+        self
+    }
+
+    /// Retries every method, not only idempotent ones.
+    pub fn retry_non_idempotent(mut self, on: bool) -> Self {
+        self.non_idempotent = on;
+        self
+    }
+
+    /// The cap on any single delay, `Retry-After` included (default 30 s).
+    pub fn with_max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// An overall deadline across attempts.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// At most `max` retried failures of `class` per request.
+    pub fn with_class_limit(mut self, class: Class, max: u32) -> Self {
+        self.limits = self.limits.with_limit(class, max);
+        self
+    }
+
+    /// The backoff between attempts.
+    pub fn with_backoff<B2>(self, backoff: B2) -> HttpPolicy<B2, R> {
+        HttpPolicy {
+            max_attempts: self.max_attempts,
+            statuses: self.statuses,
+            non_idempotent: self.non_idempotent,
+            backoff,
+            recover: self.recover,
+            max_delay: self.max_delay,
+            deadline: self.deadline,
+            limits: self.limits,
+            common: self.common,
+            idempotent: self.idempotent,
+        }
+    }
+
+    /// A recovery hook, run for failures a custom classifier marks
+    /// [`Decision::Recover`]. (`HttpPolicy` itself never does.)
+    pub fn with_recover<R2>(self, recover: R2) -> HttpPolicy<B, R2> {
+        HttpPolicy {
+            max_attempts: self.max_attempts,
+            statuses: self.statuses,
+            non_idempotent: self.non_idempotent,
+            backoff: self.backoff,
+            recover,
+            max_delay: self.max_delay,
+            deadline: self.deadline,
+            limits: self.limits,
+            common: self.common,
+            idempotent: self.idempotent,
+        }
+    }
+
+    fn gate(&mut self, failure: Failure, sent: bool) -> Decision {
+        if failure.class() == Class::Fatal || (sent && !self.idempotent) {
+            return Decision::Fatal(failure);
+        }
+        if !self.limits.admit(failure.class()) {
+            return Decision::Fatal(failure);
+        }
+        Decision::Retry(failure)
+    }
+}
+
+/// The class of a retryable status.
+fn status_class(status: StatusCode) -> Class {
+    match status.as_u16() {
+        408 | 504 => Class::Timeout,
+        _ => Class::Transient,
+    }
+}
+
+impl<ReqB, ResB, E, B, R> Policy<Request<ReqB>, Response<ResB>, E> for HttpPolicy<B, R>
+where
+    ReqB: ReplayableBody,
+    E: Into<BoxError> + AsStdError,
+    B: Backoff,
+    R: Recover<Request<ReqB>>,
+{
+    type Error = RetryError;
+    type Recover = R::Future;
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
+        self.idempotent = self.non_idempotent
+            || is_idempotent(req.method())
+            || req.extensions().get::<RetryNonIdempotent>().is_some();
+        replay_request(req)
+    }
+
+    fn classify(&mut self, _: &Attempt, result: &Result<Response<ResB>, E>) -> Decision {
+        match result {
+            Ok(res) if already_retried(res) => Decision::Fatal(Failure::new(Class::Fatal)),
+            Ok(res) if self.statuses.contains(res.status().as_u16()) => {
+                let failure = Failure::new(status_class(res.status()))
+                    .with_hint_opt(retry_after_header(res.headers()))
+                    .with_message(res.status().to_string());
+                self.gate(failure, true)
+            }
+            Ok(_) => Decision::Success,
+            Err(e) => {
+                let Some(err) = e.as_std_error() else {
+                    return Decision::Success;
+                };
+                let failure = Failure::new(classify_error(Mode::Default, err)).with_message(err.to_string());
+                self.gate(failure, !never_sent(err))
+            }
+        }
+    }
+
+    fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
+        hinted_delay(&mut self.backoff, attempt, failure, self.max_delay)
+    }
+
+    fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Request<ReqB>) -> R::Future {
+        self.recover.recover(attempt, failure, next)
+    }
+
+    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
+        self.common.permit_retry(attempt, failure)
+    }
+
+    fn readiness_error(&mut self, error: E) -> RetryError {
+        readiness_error(error)
+    }
+
+    fn finish(&mut self, finished: Finished<Response<ResB>, E>) -> Result<Response<ResB>, RetryError> {
+        self.common.finish(finished.report());
+        let (last, recovery_error, report) = finished.into_parts();
+        match last {
+            Some(Ok(mut res)) => {
+                attach_report(&mut res, report);
+                Ok(res)
+            }
+            Some(Err(e)) => Err(RetryError::new(report, Some(e.into()))),
+            None => Err(RetryError::new(report, recovery_error)),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! [`ReplayFuture`]: read the request body, then call the inner service.
+//!
+//! ```text
+//!  Buffering ──(end, within the limit)──► rebuild as buffered ──┐
+//!      │    ──(over the limit)──────────► rebuild as resumed ───┼──► Calling
+//!      │    ──(body error)──────────────► rebuild as failed ────┘
+//!      └── skipped when the body is empty or known to be too large
+//! ```
+
+use super::ReplayBody;
+use crate::BoxError;
+use crate::http::frames::concat;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Request, request::Parts};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tower_service::Service;
+
+pin_project! {
+    /// The response future of [`ReplayService`](super::ReplayService).
+    ///
+    /// It first reads the request body into memory, up to the service's
+    /// limit, then calls the inner service with the rebuilt request and
+    /// becomes that call's future. Its output is the inner service's, errors
+    /// included: buffering itself never fails (a body error is handed on
+    /// inside the body, see [`ReplayBody`]).
+    ///
+    /// A named state machine, `Send` when the service, its future and the
+    /// body are. Dropping it while buffering drops the body and never calls
+    /// the inner service.
+    pub struct ReplayFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S, B, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum State<S, B, F> {
+        Buffering { buffer: Buffer<S, B> },
+        Calling { #[pin] future: F },
+        // Only while moving from `Buffering` to `Calling`.
+        Swapping,
+    }
+}
+
+/// The request being read, and the ready service that will send it.
+struct Buffer<S, B> {
+    service: S,
+    parts: Parts,
+    // Boxed so that it can be polled here and still be moved into the
+    // `ReplayBody` if it turns out to be too large.
+    body: Pin<Box<B>>,
+    frames: Vec<Bytes>,
+    len: usize,
+    trailers: Option<HeaderMap>,
+    limit: usize,
+    set_length: bool,
+}
+
+/// How reading the body ended.
+enum Filled {
+    End,
+    Over,
+    Failed(BoxError),
+}
+
+impl<S, B> ReplayFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+    B: Body<Data = Bytes>,
+{
+    pub(super) fn new(mut service: S, req: Request<B>, limit: usize) -> Self {
+        let (parts, body) = req.into_parts();
+
+        // Nothing to read: no allocation, no wait.
+        if body.is_end_stream() {
+            let req = Request::from_parts(parts, ReplayBody::empty());
+            return Self::calling(service.call(req));
+        }
+
+        let hint = body.size_hint();
+        let declared = declared_length(&parts.headers);
+        let known = hint.lower().max(declared.unwrap_or(0));
+        if known > limit as u64 {
+            // Known to be too large: never buffered.
+            warn_over_limit(limit);
+            let req = Request::from_parts(parts, ReplayBody::stream(body));
+            return Self::calling(service.call(req));
+        }
+
+        let set_length = !parts.headers.contains_key(CONTENT_LENGTH)
+            && !parts.headers.contains_key(TRANSFER_ENCODING)
+            && hint.exact() != Some(0);
+        let buffer = Buffer {
+            service,
+            parts,
+            body: Box::pin(body),
+            frames: Vec::new(),
+            len: 0,
+            trailers: None,
+            limit,
+            set_length,
+        };
+        Self {
+            state: State::Buffering { buffer },
+        }
+    }
+
+    fn calling(future: S::Future) -> Self {
+        Self {
+            state: State::Calling { future },
+        }
+    }
+}
+
+impl<S, B> Buffer<S, B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    /// Reads frames until the body ends, fails or goes over the limit.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Filled> {
+        loop {
+            let frame = match ready!(self.body.as_mut().poll_frame(cx)) {
+                None => return Poll::Ready(Filled::End),
+                Some(Err(e)) => return Poll::Ready(Filled::Failed(e.into())),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    self.len = self.len.saturating_add(data.len());
+                    if !data.is_empty() {
+                        self.frames.push(data);
+                    }
+                    if self.len > self.limit {
+                        return Poll::Ready(Filled::Over);
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        match &mut self.trailers {
+                            Some(all) => all.extend(trailers),
+                            None => self.trailers = Some(trailers),
+                        }
+                    }
+                    // Trailers are a body's last frame.
+                    return Poll::Ready(Filled::End);
+                }
+            }
+            if self.body.is_end_stream() {
+                return Poll::Ready(Filled::End);
+            }
+        }
+    }
+
+    /// Rebuilds the request around what was read and sends it.
+    fn send(mut self, filled: Filled) -> S::Future
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        let body = match filled {
+            Filled::End => {
+                // Every attempt then carries the same framing. Not with
+                // trailers: HTTP/1 sends those only in a chunked body.
+                if self.set_length && self.trailers.is_none() {
+                    self.parts
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(self.len));
+                }
+                ReplayBody::buffered(concat(self.frames, self.len), self.trailers)
+            }
+            Filled::Over => {
+                warn_over_limit(self.limit);
+                ReplayBody::resumed(self.frames, self.body)
+            }
+            Filled::Failed(error) => {
+                tracing::debug!(
+                    read = self.len,
+                    error = %error,
+                    "request body failed while being buffered for replay"
+                );
+                ReplayBody::failed(self.frames, error)
+            }
+        };
+        self.service.call(Request::from_parts(self.parts, body))
+    }
+}
+
+impl<S, B> Future for ReplayFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let filled = match this.state.as_mut().project() {
+                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Buffering { buffer } => ready!(buffer.poll_fill(cx)),
+                StateProj::Swapping => {
+                    panic!("tower_ollama_retry::ReplayFuture polled after its inner call panicked")
+                }
+            };
+            if let StateReplace::Buffering { buffer } =
+                this.state.as_mut().project_replace(State::Swapping)
+            {
+                let future = buffer.send(filled);
+                this.state.set(State::Calling { future });
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ReplayFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Buffering { buffer } => {
+                return f
+                    .debug_struct("ReplayFuture")
+                    .field("state", &"buffering")
+                    .field("read", &buffer.len)
+                    .field("limit", &buffer.limit)
+                    .finish();
+            }
+            State::Calling { .. } => "calling",
+            State::Swapping => "swapping",
+        };
+        f.debug_struct("ReplayFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+/// The `content-length` a request declares, if it is one valid number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.trim().parse().ok()
+}
+
+fn warn_over_limit(limit: usize) {
+    tracing::warn!(
+        limit,
+        "request body exceeded the replay limit of {limit} bytes; it is sent once and will not be retried"
+    );
+}

@@ -1,0 +1,22 @@
+//! What the HTTP policies do with the final response: attach the attempt
+//! report, and recognise one that an inner retry layer already finished.
+
+use crate::{Reason, Report};
+
+/// Whether an inner retry layer already gave up on this response (its
+/// [`Report`] extension says it stopped on something other than success).
+/// An outer retry layer must not retry it again.
+pub fn already_retried<B>(res: &http::Response<B>) -> bool {
+    res.extensions()
+        .get::<Report>()
+        .is_some_and(|r| r.reason() != Reason::Success)
+}
+
+/// Puts the report into the response's extensions when there is something to
+/// tell (a retry happened, or the loop stopped on a failure), so that a
+/// first-attempt success allocates nothing.
+pub(crate) fn attach_report<B>(res: &mut http::Response<B>, report: Report) {
+    if report.retried() || report.reason() != Reason::Success {
+        res.extensions_mut().insert(report);
+    }
+}

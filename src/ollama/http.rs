@@ -1,0 +1,117 @@
+//! [`OllamaPolicy`] over HTTP: `http::Request` in, `http::Response<PeekBody>`
+//! out, classified by status and the peeked `{"error":"..."}` body.
+
+use super::policy::{Http, OllamaPolicy};
+use super::rules::{Mode, classify_error, classify_status, error_message};
+use crate::compose::readiness_error;
+use crate::hint::retry_after_header;
+use crate::http::response::{already_retried, attach_report};
+use crate::http::{PeekBody, ReplayableBody, replay_request};
+use crate::{
+    AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, Policy, Reason, Recover,
+    RetryError,
+};
+use http::{Request, Response};
+use std::time::Duration;
+
+/// How a peeked Ollama response is classified.
+pub(crate) fn classify_response<B>(mode: Mode, res: &Response<PeekBody<B>>) -> Failure {
+    let status = res.status();
+    let body = res.body();
+    if let Some(err) = body.peek_error() {
+        // The body broke while being read: a transport failure, as if the
+        // connection had closed mid-response.
+        let class = match mode {
+            Mode::CodeWorm => Class::Fatal,
+            Mode::Default => Class::Transient,
+        };
+        return Failure::new(class).with_message(format!("{status}: response body failed: {err}"));
+    }
+    let class = classify_status(mode, status.as_u16(), body.prefix());
+    let mut failure = Failure::new(class).with_message(error_message(body.prefix()));
+    if mode == Mode::Default {
+        // CodeWorm never looked at Retry-After; Ollama does not send it, but
+        // a proxy in front of it may.
+        failure = failure.with_hint_opt(retry_after_header(res.headers()));
+    }
+    failure
+}
+
+impl<R, ReqB, ResB, E> Policy<Request<ReqB>, Response<PeekBody<ResB>>, E> for OllamaPolicy<Http, R>
+where
+    R: Recover<Request<ReqB>>,
+    ReqB: ReplayableBody,
+    E: Into<BoxError> + AsStdError,
+{
+    type Error = RetryError;
+    type Recover = R::Future;
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    fn measure_elapsed(&self) -> bool {
+        self.deadline.is_some() || self.recover.needs_clock()
+    }
+
+    fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
+        replay_request(req)
+    }
+
+    fn classify(&mut self, attempt: &Attempt, result: &Result<Response<PeekBody<ResB>>, E>) -> Decision {
+        let failure = match result {
+            Ok(res) if res.status().is_success() => return Decision::Success,
+            Ok(res) if already_retried(res) => return Decision::Fatal(Failure::new(Class::Fatal)),
+            Ok(res) => classify_response(self.mode, res),
+            Err(e) => {
+                let Some(err) = e.as_std_error() else {
+                    return Decision::Success;
+                };
+                Failure::new(classify_error(self.mode, err)).with_message(err.to_string())
+            }
+        };
+        self.decide(attempt, failure)
+    }
+
+    fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
+        self.delay(attempt, failure)
+    }
+
+    fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Request<ReqB>) -> R::Future {
+        self.recover.recover(attempt, failure, next)
+    }
+
+    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
+        self.common.permit_retry(attempt, failure)
+    }
+
+    fn readiness_error(&mut self, error: E) -> RetryError {
+        readiness_error(error)
+    }
+
+    fn finish(
+        &mut self,
+        finished: Finished<Response<PeekBody<ResB>>, E>,
+    ) -> Result<Response<PeekBody<ResB>>, RetryError> {
+        let (last, recovery_error, report) = finished.into_parts();
+        let last = match last {
+            // A response, even a failed one, goes back as it came: status,
+            // headers and every body byte.
+            Some(Ok(mut res)) if report.reason() != Reason::RecoveryFailed => {
+                self.common.finish(&report);
+                attach_report(&mut res, report);
+                return Ok(res);
+            }
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(Err(e.into())),
+            None => None,
+        };
+        let mut finished = Finished::<(), BoxError>::new(last, report);
+        finished.recovery_error = recovery_error;
+        Err(self.final_error(finished))
+    }
+}
