@@ -321,9 +321,20 @@ async fn recover(inner: &Inner, target: &Target, base: &Uri) -> Result<(), BoxEr
     }
 }
 
+/// A model name as Ollama lists it: `llama3` is `llama3:latest`.
+fn canonical(model: &str) -> std::borrow::Cow<'_, str> {
+    if model.contains(':') {
+        model.into()
+    } else {
+        format!("{model}:latest").into()
+    }
+}
+
 /// Whether a `/api/ps` reply lists `model`. An unreadable reply counts as
 /// "not listed": the recovery then retries rather than wait on garbage.
 fn lists_model(body: &[u8], model: &str) -> bool {
+    let model = canonical(model);
+    let model = model.as_ref();
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
@@ -331,8 +342,10 @@ fn lists_model(body: &[u8], model: &str) -> bool {
         .and_then(Value::as_array)
         .is_some_and(|models| {
             models.iter().any(|m| {
-                m.get("name").and_then(Value::as_str) == Some(model)
-                    || m.get("model").and_then(Value::as_str) == Some(model)
+                ["name", "model"]
+                    .iter()
+                    .filter_map(|k| m.get(*k).and_then(Value::as_str))
+                    .any(|listed| canonical(listed) == model)
             })
         })
 }
@@ -420,6 +433,8 @@ mod tests {
         assert!(lists_model(br#"{"models":[{"name":"m","model":"m"}]}"#, "m"));
         assert!(!lists_model(br#"{"models":[]}"#, "m"));
         assert!(!lists_model(b"garbage", "m"));
+        assert!(lists_model(br#"{"models":[{"name":"llama3:latest"}]}"#, "llama3"));
+        assert!(!lists_model(br#"{"models":[{"name":"llama3:8b"}]}"#, "llama3"));
     }
 
     #[test]
