@@ -82,11 +82,13 @@ pub mod peek;
 mod policy;
 pub mod replay;
 mod replayable;
+mod respond;
 pub(crate) mod response;
 mod stack;
 
 pub use policy::{DefaultHttpBackoff, HttpPolicy, RetryNonIdempotent, StatusSet, is_idempotent, never_sent};
 pub use replayable::ReplayableBody;
+pub use respond::{RespondOnError, error_body, error_response, error_status};
 pub use response::already_retried;
 pub use stack::HttpRetryLayer;
 

@@ -44,3 +44,12 @@ macro_rules! cloned {
 }
 
 cloned!(Bytes, String, Vec<u8>, ());
+
+/// An axum body replays when it is empty (a `GET`, say); a body with content
+/// needs [`ReplayLayer`](super::ReplayLayer) in front to be replayable.
+#[cfg(feature = "axum")]
+impl ReplayableBody for axum_core::body::Body {
+    fn try_clone_body(&self) -> Option<Self> {
+        http_body::Body::is_end_stream(self).then(axum_core::body::Body::empty)
+    }
+}
