@@ -135,7 +135,11 @@ fn recovery_names(class: Class) -> [&'static str; 3] {
             "oom_recovery_failed",
         ]
     } else {
-        ["attempting_recovery", "recovery_complete", "recovery_failed"]
+        [
+            "attempting_recovery",
+            "recovery_complete",
+            "recovery_failed",
+        ]
     }
 }
 
@@ -174,7 +178,9 @@ where
                     }
                     StateProj::Readying => Step::Ready(ready!(this.service.poll_ready(cx))),
                     StateProj::NoAttempts => Step::NoAttempts,
-                    StateProj::Done => panic!("tower_ollama_retry::ResponseFuture polled after completion"),
+                    StateProj::Done => {
+                        panic!("tower_ollama_retry::ResponseFuture polled after completion")
+                    }
                 }
             };
 
@@ -261,7 +267,9 @@ where
                             });
                             if attempt.is_last() {
                                 (this.last.take(), None, exhausted(this.span, attempt))
-                            } else if let Some(reason) = past_deadline(this.policy, attempt, Duration::ZERO) {
+                            } else if let Some(reason) =
+                                past_deadline(this.policy, attempt, Duration::ZERO)
+                            {
                                 (this.last.take(), None, reason)
                             } else {
                                 this.state.set(State::Readying);
@@ -274,10 +282,17 @@ where
                 Step::Ready(Ok(())) => {
                     let mut upcoming = *attempt;
                     upcoming.number = upcoming.number.saturating_add(1);
-                    let failure = this.failure.take().unwrap_or(Failure::new(Class::Transient));
+                    let failure = this
+                        .failure
+                        .take()
+                        .unwrap_or(Failure::new(Class::Transient));
                     if let Err(reason) = this.policy.permit_retry(&upcoming, &failure) {
                         this.span.in_scope(|| {
-                            tracing::warn!(attempt = upcoming.number, reason = reason.as_str(), "retry_denied")
+                            tracing::warn!(
+                                attempt = upcoming.number,
+                                reason = reason.as_str(),
+                                "retry_denied"
+                            )
                         });
                         (this.last.take(), None, reason)
                     } else {
@@ -289,7 +304,11 @@ where
                                     upcoming.sent_at = Some(Instant::now());
                                 }
                                 *attempt = upcoming;
-                                this.span.record("attempt", upcoming.number);
+                                if !this.span.is_none() {
+                                    // A span per attempt, so that every event
+                                    // under it names the attempt it belongs to.
+                                    *this.span = attempt_span(&upcoming);
+                                }
                                 this.last.take();
                                 *this.next = this.policy.replay(&req);
                                 let future = this.service.call(req);
@@ -313,14 +332,24 @@ where
     }
 }
 
-/// Notes a failed attempt, and opens the request's span on its first one.
-fn record(failures: &mut Vec<FailedAttempt>, span: &mut Span, attempt: &Attempt, failure: &Failure) {
+fn attempt_span(attempt: &Attempt) -> Span {
+    tracing::info_span!(
+        "retry",
+        attempt = attempt.number,
+        max_attempts = attempt.max_attempts
+    )
+}
+
+/// Notes a failed attempt, and opens the request's span on its first one
+/// (never on the success path).
+fn record(
+    failures: &mut Vec<FailedAttempt>,
+    span: &mut Span,
+    attempt: &Attempt,
+    failure: &Failure,
+) {
     if span.is_none() && tracing::enabled!(Level::INFO) {
-        *span = tracing::info_span!(
-            "retry",
-            attempt = attempt.number,
-            max_attempts = attempt.max_attempts
-        );
+        *span = attempt_span(attempt);
     }
     if failure.class() == Class::Oom {
         span.in_scope(|| tracing::warn!(attempt = attempt.number, "model_oom_detected"));
@@ -391,7 +420,11 @@ where
     let delay = policy.backoff(attempt, failure);
     if let Some(reason) = past_deadline(policy, attempt, delay) {
         span.in_scope(|| {
-            tracing::warn!(attempt = n, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "retry_past_deadline")
+            tracing::warn!(
+                attempt = n,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "retry_past_deadline"
+            )
         });
         return Err(reason);
     }
