@@ -2,9 +2,9 @@
 //! tower's [`TpsBudget`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -26,12 +26,22 @@ pub enum BudgetError {
 impl fmt::Display for BudgetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BudgetError::Ttl(t) => write!(f, "retry budget ttl must be between 1 s and 60 s, got {t:?}"),
+            BudgetError::Ttl(t) => write!(
+                f,
+                "retry budget ttl must be between 1 s and 60 s, got {t:?}"
+            ),
             BudgetError::Ratio(r) => {
-                write!(f, "retry budget ratio must be a finite number from 0 to 1000, got {r}")
+                write!(
+                    f,
+                    "retry budget ratio must be a finite number from 0 to 1000, got {r}"
+                )
             }
             BudgetError::MinPerSec(m) => {
-                write!(f, "retry budget min_per_sec must be below {}, got {m}", i32::MAX)
+                write!(
+                    f,
+                    "retry budget min_per_sec must be below {}, got {m}",
+                    i32::MAX
+                )
             }
         }
     }
@@ -138,7 +148,11 @@ impl RetryBudget {
 
     /// Takes one retry from the budget; `false` when it has none.
     pub fn withdraw(&self) -> bool {
-        let _one_at_a_time = self.inner.withdraw.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self
+            .inner
+            .withdraw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.inner.tps.withdraw()
     }
 }

@@ -4,8 +4,8 @@
 use crate::backoff::Exponential;
 use crate::common::{Common, common_builders};
 use crate::{
-    AsStdError, Attempt, Backoff, BoxError, Classify, Decision, Failure, Finished, Policy, Recover,
-    Reason, Report, RetryError,
+    AsStdError, Attempt, Backoff, BoxError, Classify, Decision, Failure, Finished, Policy, Reason,
+    Recover, Report, RetryError,
 };
 use std::time::Duration;
 
@@ -171,10 +171,7 @@ where
     fn classify(&mut self, attempt: &Attempt, result: &Result<Res, E>) -> Decision {
         // An inner retry layer already decided this error's fate.
         if let Err(e) = result
-            && e
-                .as_std_error()
-                .and_then(RetryError::find)
-                .is_some()
+            && e.as_std_error().and_then(RetryError::find).is_some()
         {
             return Decision::Fatal(Failure::new(crate::Class::Fatal));
         }

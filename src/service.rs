@@ -1,7 +1,7 @@
 //! [`Retry`]: the retrying service.
 
-use crate::future::ResponseFuture;
 use crate::Policy;
+use crate::future::ResponseFuture;
 use std::mem;
 use std::task::{Context, Poll};
 use tower_service::Service;

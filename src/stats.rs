@@ -113,7 +113,8 @@ impl Stats {
             c.retries[f.class.index()].fetch_add(1, Relaxed);
         }
         if report.recoveries() > 0 {
-            c.recoveries.fetch_add(u64::from(report.recoveries()), Relaxed);
+            c.recoveries
+                .fetch_add(u64::from(report.recoveries()), Relaxed);
         }
         let counter = match report.reason() {
             Reason::Success => &c.succeeded,

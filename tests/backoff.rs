@@ -61,7 +61,9 @@ fn a_cap_smaller_than_the_base_wins() {
         cap
     );
     assert_eq!(
-        Exponential::new(base).with_max(cap).delay(&Attempt::new(1, 3)),
+        Exponential::new(base)
+            .with_max(cap)
+            .delay(&Attempt::new(1, 3)),
         cap
     );
     for kind in [

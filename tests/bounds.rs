@@ -3,9 +3,9 @@
 //! and anything that needs `Clone + Send + Sync` layers and `Send` futures.
 
 use std::time::Duration;
+use tower::Layer;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower::Layer;
 use tower_ollama_retry::backoff::{Constant, Exponential, Jitter, Linear};
 use tower_ollama_retry::{
     BoxError, OllamaError, OllamaPolicy, Retry, RetryError, RetryLayer, future::ResponseFuture,
@@ -34,7 +34,8 @@ type Plain = OllamaPolicy<tower_ollama_retry::ollama::Plain>;
 fn the_response_future_is_send() {
     fn future_is_send<F: Send>() {}
     future_is_send::<ResponseFuture<Inner, Plain, String>>();
-    clone_send_sync::<Retry<tower::util::BoxCloneSyncService<String, String, OllamaError>, Plain>>();
+    clone_send_sync::<Retry<tower::util::BoxCloneSyncService<String, String, OllamaError>, Plain>>(
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -51,9 +52,10 @@ async fn inside_service_builder_buffer_and_box_clone_service() {
     assert_eq!(fut.await.unwrap(), "hi!");
 
     // And the other way round: a Buffer of a Retry, spawned on another task.
-    let retry = RetryLayer::new(OllamaPolicy::plain()).layer(tower::service_fn(
-        |p: String| async move { Ok::<_, OllamaError>(p.len()) },
-    ));
+    let retry =
+        RetryLayer::new(OllamaPolicy::plain()).layer(tower::service_fn(|p: String| async move {
+            Ok::<_, OllamaError>(p.len())
+        }));
     let buffered = tower::buffer::Buffer::new(retry, 4);
     let handle = tokio::spawn(buffered.clone().oneshot("four".into()));
     assert_eq!(handle.await.unwrap().unwrap(), 4);

@@ -63,7 +63,11 @@ async fn run(concurrent: bool) -> (u32, u64) {
 async fn ten_successes_at_60_percent_pay_for_six_retries() {
     let (retries, denied) = run(false).await;
     assert_eq!(retries, 6);
-    assert_eq!(denied, 10 - 3, "3 requests got 2 retries each; 7 were denied");
+    assert_eq!(
+        denied,
+        10 - 3,
+        "3 requests got 2 retries each; 7 were denied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,7 +103,10 @@ async fn invalid_budget_settings_are_errors_not_panics() {
     assert!(RetryBudget::new(Duration::from_secs(1), 0, 1001.0).is_err());
     assert!(RetryBudget::new(Duration::from_secs(1), u32::MAX, 0.2).is_err());
     let e = RetryBudget::new(Duration::ZERO, 0, 0.2).unwrap_err();
-    assert_eq!(e.to_string(), "retry budget ttl must be between 1 s and 60 s, got 0ns");
+    assert_eq!(
+        e.to_string(),
+        "retry budget ttl must be between 1 s and 60 s, got 0ns"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -52,12 +52,12 @@ async fn run(mode: Mode, answers: Vec<Answer>) -> Run {
     handle.allow(u64::MAX);
     let recoveries = Arc::new(AtomicU32::new(0));
     let counted = recoveries.clone();
-    let policy = OllamaPolicy::plain()
-        .mode(mode)
-        .with_recovery(recover_fn(move |_: &Attempt, _: &Failure| {
+    let policy = OllamaPolicy::plain().mode(mode).with_recovery(recover_fn(
+        move |_: &Attempt, _: &Failure| {
             counted.fetch_add(1, Ordering::SeqCst);
             async { Ok(()) }
-        }));
+        },
+    ));
     let t0 = Instant::now();
     let call = tokio::spawn(RetryLayer::new(policy).layer(svc).oneshot("prompt"));
     let mut starts = Vec::new();
@@ -115,7 +115,10 @@ async fn timeout_three_times_returns_the_third_at_6s() {
     let err = r.result.unwrap_err();
     assert_eq!(err.reason(), Reason::Exhausted);
     assert_eq!(err.attempts(), 3);
-    assert_eq!(err.downcast_ref::<OllamaError>().unwrap().message(), "timed out");
+    assert_eq!(
+        err.downcast_ref::<OllamaError>().unwrap().message(),
+        "timed out"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,7 +264,10 @@ async fn default_mode_does_not_recover_after_the_last_attempt() {
     let err = r.result.unwrap_err();
     assert_eq!(err.reason(), Reason::Exhausted);
     // Default mode keeps the server's own message.
-    assert!(err.to_string().contains("CUDA error: out of memory"), "{err}");
+    assert!(
+        err.to_string().contains("CUDA error: out of memory"),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -274,6 +280,10 @@ async fn default_mode_cuda_without_memory_text_is_not_recovered() {
     .await;
     assert_eq!(r.recoveries, 0);
     assert_eq!(r.starts, secs(&[0, 2]));
-    let r = run(Mode::CodeWorm, vec![Answer::Status(500, body), Answer::Ok("done")]).await;
+    let r = run(
+        Mode::CodeWorm,
+        vec![Answer::Status(500, body), Answer::Ok("done")],
+    )
+    .await;
     assert_eq!(r.recoveries, 1, "CodeWorm's substring rule sees `cuda`");
 }

@@ -53,7 +53,10 @@ impl Service<u32> for Strict {
     }
 
     fn call(&mut self, req: u32) -> Self::Future {
-        assert!(self.ready, "call without a fresh poll_ready on this instance");
+        assert!(
+            self.ready,
+            "call without a fresh poll_ready on this instance"
+        );
         self.ready = false;
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n < self.fail_first {
@@ -67,8 +70,7 @@ impl Service<u32> for Strict {
 type Classifier = fn(&Attempt, &Result<u32, BoxError>) -> Decision;
 
 fn zero_delay_policy() -> RetryPolicy<Classifier, Constant> {
-    RetryPolicy::new(transient as Classifier)
-        .with_backoff(Constant::new(Duration::ZERO))
+    RetryPolicy::new(transient as Classifier).with_backoff(Constant::new(Duration::ZERO))
 }
 
 #[tokio::test]
@@ -332,7 +334,10 @@ async fn permit_retry_is_asked_before_the_retry_and_can_stop_it() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(*asked.lock().unwrap(), vec![2]);
     assert_eq!(err.reason(), Reason::Budget);
-    assert_eq!(err.to_string(), "request failed after 1 attempt: the retry budget is spent: no");
+    assert_eq!(
+        err.to_string(),
+        "request failed after 1 attempt: the retry budget is spent: no"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,7 +366,10 @@ async fn the_report_records_every_failure() {
         [Class::Connection, Class::Oom, Class::Timeout]
     );
     let delays: Vec<_> = report.failures().iter().map(|f| f.delay).collect();
-    assert_eq!(delays, [Duration::from_secs(2), Duration::ZERO, Duration::ZERO]);
+    assert_eq!(
+        delays,
+        [Duration::from_secs(2), Duration::ZERO, Duration::ZERO]
+    );
     assert_eq!(report.recoveries(), 1);
     assert!(report.failures()[1].recovered);
     assert_eq!(report.total_delay(), Duration::from_secs(2));

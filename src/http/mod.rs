@@ -86,7 +86,9 @@ mod respond;
 pub(crate) mod response;
 mod stack;
 
-pub use policy::{DefaultHttpBackoff, HttpPolicy, RetryNonIdempotent, StatusSet, is_idempotent, never_sent};
+pub use policy::{
+    DefaultHttpBackoff, HttpPolicy, RetryNonIdempotent, StatusSet, is_idempotent, never_sent,
+};
 pub use replayable::ReplayableBody;
 pub use respond::{RespondOnError, error_body, error_response, error_status};
 pub use response::already_retried;

@@ -59,7 +59,8 @@ impl StatusSet {
 
     /// Whether `status` is in the set.
     pub fn contains(&self, status: u16) -> bool {
-        (100..1000).contains(&status) && self.bits[usize::from(status / 64)] & (1 << (status % 64)) != 0
+        (100..1000).contains(&status)
+            && self.bits[usize::from(status / 64)] & (1 << (status % 64)) != 0
     }
 }
 
@@ -75,7 +76,9 @@ impl FromIterator<u16> for StatusSet {
 
 impl std::fmt::Debug for StatusSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries((100..1000).filter(|s| self.contains(*s))).finish()
+        f.debug_set()
+            .entries((100..1000).filter(|s| self.contains(*s)))
+            .finish()
     }
 }
 
@@ -85,8 +88,11 @@ pub type DefaultHttpBackoff = Jitter<Exponential>;
 
 fn default_backoff() -> DefaultHttpBackoff {
     let max = Duration::from_secs(10);
-    Jitter::new(Exponential::new(Duration::from_millis(100)).with_max(max), JitterKind::Full)
-        .with_cap(max)
+    Jitter::new(
+        Exponential::new(Duration::from_millis(100)).with_max(max),
+        JitterKind::Full,
+    )
+    .with_cap(max)
 }
 
 /// Whether a method is idempotent (RFC 9110 §9.2.2).
@@ -104,8 +110,11 @@ pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     if classify_error(Mode::Default, err) == Class::Connection {
         return true;
     }
-    std::iter::successors(Some(err), |e| e.source())
-        .any(|e| e.to_string().to_ascii_lowercase().contains("refused stream"))
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.to_string()
+            .to_ascii_lowercase()
+            .contains("refused stream")
+    })
 }
 
 /// Retries for any HTTP API.
@@ -324,7 +333,8 @@ where
                 let Some(err) = e.as_std_error() else {
                     return Decision::Success;
                 };
-                let failure = Failure::new(classify_error(Mode::Default, err)).with_message(err.to_string());
+                let failure =
+                    Failure::new(classify_error(Mode::Default, err)).with_message(err.to_string());
                 self.gate(failure, !never_sent(err))
             }
         }
@@ -334,7 +344,12 @@ where
         hinted_delay(&mut self.backoff, attempt, failure, self.max_delay)
     }
 
-    fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Request<ReqB>) -> R::Future {
+    fn recover(
+        &mut self,
+        attempt: &Attempt,
+        failure: &Failure,
+        next: &mut Request<ReqB>,
+    ) -> R::Future {
         self.recover.recover(attempt, failure, next)
     }
 
@@ -346,7 +361,10 @@ where
         readiness_error(error)
     }
 
-    fn finish(&mut self, finished: Finished<Response<ResB>, E>) -> Result<Response<ResB>, RetryError> {
+    fn finish(
+        &mut self,
+        finished: Finished<Response<ResB>, E>,
+    ) -> Result<Response<ResB>, RetryError> {
         self.common.finish(finished.report());
         let (last, recovery_error, report) = finished.into_parts();
         match last {

@@ -142,6 +142,9 @@ where
     }
 
     fn finish(&mut self, finished: Finished<Response<B>, E>) -> Result<Response<B>, Infallible> {
-        Ok(self.inner.finish(finished).unwrap_or_else(|e| error_response(&e)))
+        Ok(self
+            .inner
+            .finish(finished)
+            .unwrap_or_else(|e| error_response(&e)))
     }
 }

@@ -62,7 +62,11 @@ where
         replay_request(req)
     }
 
-    fn classify(&mut self, attempt: &Attempt, result: &Result<Response<PeekBody<ResB>>, E>) -> Decision {
+    fn classify(
+        &mut self,
+        attempt: &Attempt,
+        result: &Result<Response<PeekBody<ResB>>, E>,
+    ) -> Decision {
         let failure = match result {
             Ok(res) if res.status().is_success() => return Decision::Success,
             Ok(res) if already_retried(res) => return Decision::Fatal(Failure::new(Class::Fatal)),
@@ -81,7 +85,12 @@ where
         self.delay(attempt, failure)
     }
 
-    fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Request<ReqB>) -> R::Future {
+    fn recover(
+        &mut self,
+        attempt: &Attempt,
+        failure: &Failure,
+        next: &mut Request<ReqB>,
+    ) -> R::Future {
         self.recover.recover(attempt, failure, next)
     }
 

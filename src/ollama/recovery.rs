@@ -110,7 +110,10 @@ impl Target {
     fn from_body(body: &[u8]) -> Option<Self> {
         let v: Value = serde_json::from_slice(body).ok()?;
         let model = v.get("model")?.as_str()?.to_owned();
-        let num_ctx = v.get("options").and_then(|o| o.get("num_ctx")).and_then(Value::as_u64);
+        let num_ctx = v
+            .get("options")
+            .and_then(|o| o.get("num_ctx"))
+            .and_then(Value::as_u64);
         Some(Self {
             model,
             num_ctx,
@@ -208,7 +211,12 @@ impl OllamaRecovery {
     }
 
     /// The recovery for `model`, shared with any other in flight for it.
-    fn run(&self, target: Target, base: Uri, sent_at: Option<Instant>) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn run(
+        &self,
+        target: Target,
+        base: Uri,
+        sent_at: Option<Instant>,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
         let mut models = self.inner.models.lock().unwrap_or_else(|p| p.into_inner());
         let state = models.entry(target.model.clone()).or_default();
         if let (Some(sent), Some(done)) = (sent_at, state.last_done)
@@ -252,7 +260,11 @@ impl OllamaRecovery {
 
 /// The base URI (scheme and authority) of `uri`, or `fallback`.
 fn base_of(uri: &Uri, fallback: Option<&Uri>) -> Option<Uri> {
-    let src = if uri.authority().is_some() { uri } else { fallback? };
+    let src = if uri.authority().is_some() {
+        uri
+    } else {
+        fallback?
+    };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(src.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
     parts.authority = src.authority().cloned();
@@ -268,7 +280,12 @@ fn endpoint(base: &Uri, path: &'static str) -> Result<Uri, BoxError> {
 
 /// Sends one request of the recovery; only a transport failure (or the
 /// request timeout) is an error.
-async fn send(inner: &Inner, method: Method, uri: Uri, body: Option<Value>) -> Result<Bytes, BoxError> {
+async fn send(
+    inner: &Inner,
+    method: Method,
+    uri: Uri,
+    body: Option<Value>,
+) -> Result<Bytes, BoxError> {
     let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let mut req = Request::builder().method(method).uri(uri);
     if !body.is_empty() {
@@ -277,7 +294,10 @@ async fn send(inner: &Inner, method: Method, uri: Uri, body: Option<Value>) -> R
     let req = req.body(Full::new(body))?;
     let fut = async {
         let res = inner.client.request(req).await?;
-        let bytes = Limited::new(res.into_body(), PS_BODY_LIMIT).collect().await?.to_bytes();
+        let bytes = Limited::new(res.into_body(), PS_BODY_LIMIT)
+            .collect()
+            .await?
+            .to_bytes();
         Ok::<_, BoxError>(bytes)
     };
     tokio::time::timeout(inner.request_timeout, fut)
@@ -298,7 +318,8 @@ async fn recover(inner: &Inner, target: &Target, base: &Uri) -> Result<(), BoxEr
     if inner.strict {
         tokio::time::sleep(inner.settle).await;
         let new_ctx = target.num_ctx.unwrap_or(16384).min(CODEWORM_RECOVERY_CTX);
-        let mut reload = json!({"model": target.model, "prompt": "", "options": {"num_ctx": new_ctx}});
+        let mut reload =
+            json!({"model": target.model, "prompt": "", "options": {"num_ctx": new_ctx}});
         reload["keep_alive"] = target.keep_alive.clone().unwrap_or(json!(-1));
         send(inner, Method::POST, generate, Some(reload)).await?;
         tracing::info!(new_ctx, "oom_recovery_complete");
@@ -388,14 +409,20 @@ impl<B> Recover<Request<ReplayBody<B>>> for OllamaRecovery {
             return async { Ok(()) }.boxed();
         };
         let Some(base) = base_of(next.uri(), self.inner.base.as_ref()) else {
-            return async { Err(BoxError::from("OOM recovery: the request has no Ollama base URL")) }.boxed();
+            return async {
+                Err(BoxError::from(
+                    "OOM recovery: the request has no Ollama base URL",
+                ))
+            }
+            .boxed();
         };
         if let Some(max_ctx) = self.inner.reduced_ctx.filter(|_| !self.inner.strict)
             && let Some(new_body) = reduce_ctx(body, max_ctx)
         {
             let len = new_body.len();
             *next.body_mut() = ReplayBody::full(new_body);
-            next.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            next.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         self.run(target, base, attempt.sent_at())
     }
@@ -411,7 +438,10 @@ mod tests {
 
     #[test]
     fn target_reads_model_ctx_and_keep_alive() {
-        let t = Target::from_body(br#"{"model":"qwen2.5:7b","prompt":"p","keep_alive":-1,"options":{"num_ctx":16384}}"#).unwrap();
+        let t = Target::from_body(
+            br#"{"model":"qwen2.5:7b","prompt":"p","keep_alive":-1,"options":{"num_ctx":16384}}"#,
+        )
+        .unwrap();
         assert_eq!(t.model, "qwen2.5:7b");
         assert_eq!(t.num_ctx, Some(16384));
         assert_eq!(t.keep_alive, Some(json!(-1)));
@@ -430,17 +460,29 @@ mod tests {
 
     #[test]
     fn ps_listing() {
-        assert!(lists_model(br#"{"models":[{"name":"m","model":"m"}]}"#, "m"));
+        assert!(lists_model(
+            br#"{"models":[{"name":"m","model":"m"}]}"#,
+            "m"
+        ));
         assert!(!lists_model(br#"{"models":[]}"#, "m"));
         assert!(!lists_model(b"garbage", "m"));
-        assert!(lists_model(br#"{"models":[{"name":"llama3:latest"}]}"#, "llama3"));
-        assert!(!lists_model(br#"{"models":[{"name":"llama3:8b"}]}"#, "llama3"));
+        assert!(lists_model(
+            br#"{"models":[{"name":"llama3:latest"}]}"#,
+            "llama3"
+        ));
+        assert!(!lists_model(
+            br#"{"models":[{"name":"llama3:8b"}]}"#,
+            "llama3"
+        ));
     }
 
     #[test]
     fn base_urls() {
         let u: Uri = "http://127.0.0.1:11434/api/generate".parse().unwrap();
-        assert_eq!(base_of(&u, None).unwrap().to_string(), "http://127.0.0.1:11434/");
+        assert_eq!(
+            base_of(&u, None).unwrap().to_string(),
+            "http://127.0.0.1:11434/"
+        );
         let rel: Uri = "/api/generate".parse().unwrap();
         assert!(base_of(&rel, None).is_none());
         let fb: Uri = "http://h:1".parse().unwrap();

@@ -167,10 +167,9 @@ pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
                 | K::AddrNotAvailable
                 | K::HostUnreachable
                 | K::NetworkUnreachable => unreachable = true,
-                K::ConnectionReset
-                | K::ConnectionAborted
-                | K::BrokenPipe
-                | K::UnexpectedEof => broken = true,
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                    broken = true
+                }
                 _ => {}
             }
         }
