@@ -62,6 +62,7 @@ mod common;
 mod compose;
 mod error;
 pub mod future;
+#[cfg(feature = "tonic")] pub mod grpc;
 pub mod hint;
 #[cfg(feature = "http")]
 pub mod http;
@@ -88,6 +89,11 @@ pub use recover::{Recover, recover_fn};
 pub use report::{FailedAttempt, Report};
 pub use service::Retry;
 pub use stats::{Stats, StatsSnapshot};
+
+// The README's Rust examples compile and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// The boxed error type used across tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
