@@ -14,8 +14,12 @@ pub fn already_retried<B>(res: &http::Response<B>) -> bool {
 
 /// Puts the report into the response's extensions when there is something to
 /// tell (a retry happened, or the loop stopped on a failure), so that a
-/// first-attempt success allocates nothing.
+/// first-attempt success allocates nothing. A layer that sent one attempt
+/// leaves an inner layer's report in place: it says more.
 pub(crate) fn attach_report<B>(res: &mut http::Response<B>, report: Report) {
+    if report.attempts() <= 1 && res.extensions().get::<Report>().is_some() {
+        return;
+    }
     if report.retried() || report.reason() != Reason::Success {
         res.extensions_mut().insert(report);
     }
