@@ -52,7 +52,9 @@ pub fn retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     if let Some(secs) = digits(value) {
         return Some(Duration::from_secs(secs));
     }
-    let text = std::str::from_utf8(value).ok()?.trim();
+    // ASCII whitespace only, as for delta-seconds: HTTP's OWS is spaces
+    // and tabs, never Unicode spaces.
+    let text = std::str::from_utf8(value.trim_ascii()).ok()?;
     let at = httpdate::parse_http_date(text).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }

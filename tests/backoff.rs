@@ -137,3 +137,12 @@ fn full_jitter_spreads_delays() {
         (1..50).map(|n| j.delay(&Attempt::new(n, 50))).collect();
     assert!(delays.len() > 40, "jitter should vary: {}", delays.len());
 }
+
+#[test]
+fn exponential_past_attempt_32_with_a_tiny_base() {
+    let mut b = Exponential::new(Duration::from_nanos(1)).with_max(Duration::from_secs(10));
+    assert_eq!(b.delay(&Attempt::new(33, 40)), Duration::from_nanos(1 << 32));
+    let mut uncapped = Exponential::new(Duration::from_nanos(1));
+    assert_eq!(uncapped.delay(&Attempt::new(33, 40)), Duration::from_nanos(1 << 32));
+    assert_eq!(uncapped.delay(&Attempt::new(u32::MAX, u32::MAX)), Duration::MAX);
+}

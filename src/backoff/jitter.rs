@@ -1,6 +1,6 @@
 //! Jitter: randomising any backoff so that clients do not retry in lockstep.
 
-use super::Backoff;
+use super::{Backoff, from_nanos};
 use crate::Attempt;
 use std::time::Duration;
 
@@ -113,14 +113,6 @@ fn nanos(d: Duration) -> u128 {
     d.as_nanos()
 }
 
-fn from_nanos(n: u128) -> Duration {
-    let secs = n / 1_000_000_000;
-    let sub = (n % 1_000_000_000) as u32;
-    match u64::try_from(secs) {
-        Ok(s) => Duration::new(s, sub),
-        Err(_) => Duration::MAX,
-    }
-}
 
 /// Uniform in `[lo, hi]` (inclusive), `lo <= hi`.
 fn uniform(rng: &mut fastrand::Rng, lo: Duration, hi: Duration) -> Duration {

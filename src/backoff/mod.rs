@@ -184,12 +184,20 @@ impl Exponential {
 impl Backoff for Exponential {
     fn delay(&mut self, attempt: &Attempt) -> Duration {
         let shift = attempt.number().saturating_sub(1);
-        // 2^shift overflows u32 past 31; any such factor is past every cap.
-        let factor = 1u32.checked_shl(shift).filter(|_| shift < 32);
-        match factor {
-            Some(f) => self.base.saturating_mul(f).min(self.max),
-            None if self.base.is_zero() => Duration::ZERO,
-            None => self.max,
-        }
+        // In u128 nanoseconds even 2^127 × 1 ns fits; past that, or on
+        // overflow, the product saturates and the cap applies.
+        let factor = 1u128.checked_shl(shift).unwrap_or(u128::MAX);
+        let nanos = self.base.as_nanos().saturating_mul(factor);
+        from_nanos(nanos).min(self.max)
+    }
+}
+
+/// A `Duration` of `n` nanoseconds, saturating at `Duration::MAX`.
+pub(crate) fn from_nanos(n: u128) -> Duration {
+    let secs = n / 1_000_000_000;
+    let sub = (n % 1_000_000_000) as u32;
+    match u64::try_from(secs) {
+        Ok(s) => Duration::new(s, sub),
+        Err(_) => Duration::MAX,
     }
 }

@@ -137,6 +137,7 @@ fn classify_message(status: u16, message: &str) -> Class {
 /// | a connection closed mid-response (`UnexpectedEof`, reset, an incomplete message) | CodeWorm: fatal; default: transient |
 /// | anything else (a bad URI, an unsupported scheme) | fatal |
 pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
+    #[cfg_attr(not(feature = "http"), allow(unused_mut))]
     let mut connect = false;
     let mut timeout = false;
     let mut unreachable = false;
