@@ -19,14 +19,17 @@ type Res = Response<Full<Bytes>>;
 
 /// A scripted in-process API: each call takes the next answer and records
 /// the virtual time it arrived.
+/// One scripted answer: a status with an optional `Retry-After`, or an error.
+type Answer = Result<(u16, Option<&'static str>), &'static str>;
+
 #[derive(Clone, Default)]
 struct Api {
-    answers: Arc<Mutex<Vec<Result<(u16, Option<&'static str>), &'static str>>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
     arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Api {
-    fn new(answers: Vec<Result<(u16, Option<&'static str>), &'static str>>) -> Self {
+    fn new(answers: Vec<Answer>) -> Self {
         let api = Self::default();
         *api.answers.lock().unwrap() = answers.into_iter().rev().collect();
         api

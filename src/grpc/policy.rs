@@ -7,7 +7,7 @@ use crate::backoff::{Exponential, Jitter, JitterKind};
 use crate::common::{Common, common_builders};
 use crate::compose::{hinted_delay, readiness_error};
 use crate::hint::{Hint, grpc_pushback_header};
-use crate::http::response::{already_retried, attach_report};
+use crate::http::response::{already_retried, finish_response};
 use crate::http::{DefaultHttpBackoff, ReplayableBody, replay_request};
 use crate::{
     AsStdError, Attempt, Backoff, BoxError, Class, ClassLimits, Decision, Failure, Finished,
@@ -410,25 +410,12 @@ where
         &mut self,
         finished: Finished<Response<ResB>, E>,
     ) -> Result<Response<ResB>, RetryError> {
-        self.common.finish(finished.report());
-        let (last, recovery_error, report) = finished.into_parts();
-        match last {
-            Some(Ok(mut res)) => {
-                let previous = report.attempts().saturating_sub(1);
-                if previous > 0 {
-                    set_previous_attempts(res.headers_mut(), previous);
-                }
-                attach_report(&mut res, report);
-                Ok(res)
+        finish_response(&self.common, finished, |res, report| {
+            let previous = report.attempts().saturating_sub(1);
+            if previous > 0 {
+                set_previous_attempts(res.headers_mut(), previous);
             }
-            // Errors end as every policy's do.
-            last => Finished {
-                last,
-                recovery_error,
-                report,
-            }
-            .into_result(),
-        }
+        })
     }
 }
 

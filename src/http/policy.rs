@@ -1,6 +1,6 @@
 //! [`HttpPolicy`]: retries for any HTTP API, the way Envoy and browsers do.
 
-use super::response::{already_retried, attach_report};
+use super::response::{already_retried, finish_response};
 use super::{ReplayableBody, replay_request};
 use crate::backoff::{Exponential, Jitter, JitterKind};
 use crate::common::{Common, common_builders};
@@ -365,15 +365,6 @@ where
         &mut self,
         finished: Finished<Response<ResB>, E>,
     ) -> Result<Response<ResB>, RetryError> {
-        self.common.finish(finished.report());
-        let (last, recovery_error, report) = finished.into_parts();
-        match last {
-            Some(Ok(mut res)) => {
-                attach_report(&mut res, report);
-                Ok(res)
-            }
-            Some(Err(e)) => Err(RetryError::new(report, Some(e.into()))),
-            None => Err(RetryError::new(report, recovery_error)),
-        }
+        finish_response(&self.common, finished, |_, _| {})
     }
 }

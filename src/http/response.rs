@@ -1,7 +1,8 @@
 //! What the HTTP policies do with the final response: attach the attempt
 //! report, and recognise one that an inner retry layer already finished.
 
-use crate::{Reason, Report};
+use crate::common::Common;
+use crate::{BoxError, Finished, Reason, Report, RetryError};
 
 /// Whether an inner retry layer already gave up on this response (its
 /// [`Report`] extension says it stopped on something other than success).
@@ -22,5 +23,30 @@ pub(crate) fn attach_report<B>(res: &mut http::Response<B>, report: Report) {
     }
     if report.retried() || report.reason() != Reason::Success {
         res.extensions_mut().insert(report);
+    }
+}
+
+/// How the HTTP policies end a loop: record it, hand a response back with
+/// its report (after `on_response` has had its say), and turn anything else
+/// into a [`RetryError`].
+pub(crate) fn finish_response<B, E: Into<BoxError>>(
+    common: &Common,
+    finished: Finished<http::Response<B>, E>,
+    on_response: impl FnOnce(&mut http::Response<B>, &Report),
+) -> Result<http::Response<B>, RetryError> {
+    common.finish(finished.report());
+    let (last, recovery_error, report) = finished.into_parts();
+    match last {
+        Some(Ok(mut res)) => {
+            on_response(&mut res, &report);
+            attach_report(&mut res, report);
+            Ok(res)
+        }
+        last => Finished {
+            last,
+            recovery_error,
+            report,
+        }
+        .into_result(),
     }
 }

@@ -23,7 +23,8 @@
 //! | 500 load timeout, runner crashed or stopped | fatal | transient: back off |
 //! | 400, 401, 403, 404, 405, 499, `request canceled` | fatal | fatal |
 //! | other 5xx | fatal | transient: back off |
-//! | connection closed mid-response | fatal | transient: back off |
+//! | connection closed before the response head arrives | fatal | transient: back off |
+//! | connection closed in a 2xx body | the caller's body read fails (success bodies stream, never buffered) | the same |
 //! | OOM on the last attempt | recover, then fail | fail (no pointless recovery) |
 //! | timeout (connect timeout included), refused connection | back off | back off |
 //! | bad URI, unsupported scheme | fatal | fatal |
