@@ -72,33 +72,3 @@ impl Common {
         }
     }
 }
-
-/// The builder methods for [`Common`], shared by every policy that has a
-/// `common` field.
-macro_rules! common_builders {
-    () => {
-        /// Shares `budget` across every clone: each success deposits, each
-        /// retry withdraws just before it is sent, and a denied retry ends
-        /// the loop with [`Reason::Budget`](crate::Reason::Budget).
-        pub fn with_budget(mut self, budget: crate::RetryBudget) -> Self {
-            self.common.budget = Some(budget);
-            self
-        }
-
-        /// Records every finished request in `stats`.
-        pub fn with_stats(mut self, stats: crate::Stats) -> Self {
-            self.common.stats = Some(stats);
-            self
-        }
-
-        /// Calls `f` just before each retry is sent.
-        pub fn on_retry(
-            mut self,
-            f: impl Fn(&crate::RetryEvent<'_>) + Send + Sync + 'static,
-        ) -> Self {
-            self.common.set_on_retry(f);
-            self
-        }
-    };
-}
-pub(crate) use common_builders;

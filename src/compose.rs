@@ -2,7 +2,7 @@
 //! a recovery hook.
 
 use crate::backoff::Exponential;
-use crate::common::{Common, common_builders};
+use crate::settings::{Settings, settings_builders, settings_policy_methods};
 use crate::{
     AsStdError, Attempt, Backoff, BoxError, Classify, Decision, Failure, Finished, Policy, Reason,
     Recover, Report, RetryError,
@@ -52,10 +52,7 @@ pub struct RetryPolicy<C, B = Exponential, R = ()> {
     classify: C,
     backoff: B,
     recover: R,
-    max_attempts: u32,
-    max_delay: Duration,
-    deadline: Option<Duration>,
-    common: Common,
+    settings: Settings,
 }
 
 impl<C> RetryPolicy<C> {
@@ -65,22 +62,13 @@ impl<C> RetryPolicy<C> {
             classify,
             backoff: Exponential::new(Duration::from_millis(100)),
             recover: (),
-            max_attempts: 3,
-            max_delay: Duration::from_secs(30),
-            deadline: None,
-            common: Common::default(),
+            settings: Settings::new(3, Duration::from_secs(30)),
         }
     }
 }
 
 impl<C, B, R> RetryPolicy<C, B, R> {
-    common_builders!();
-
-    /// The most attempts, the first included.
-    pub fn with_max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
+    settings_builders!();
 
     /// The backoff between attempts.
     pub fn with_backoff<B2>(self, backoff: B2) -> RetryPolicy<C, B2, R> {
@@ -88,10 +76,7 @@ impl<C, B, R> RetryPolicy<C, B, R> {
             classify: self.classify,
             backoff,
             recover: self.recover,
-            max_attempts: self.max_attempts,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            common: self.common,
+            settings: self.settings,
         }
     }
 
@@ -101,23 +86,8 @@ impl<C, B, R> RetryPolicy<C, B, R> {
             classify: self.classify,
             backoff: self.backoff,
             recover,
-            max_attempts: self.max_attempts,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            common: self.common,
+            settings: self.settings,
         }
-    }
-
-    /// The cap on any one delay, server hints included.
-    pub fn with_max_delay(mut self, max: Duration) -> Self {
-        self.max_delay = max;
-        self
-    }
-
-    /// An overall deadline across attempts.
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
     }
 }
 
@@ -156,13 +126,7 @@ where
     type Error = RetryError;
     type Recover = R::Future;
 
-    fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    fn deadline(&self) -> Option<Duration> {
-        self.deadline
-    }
+    settings_policy_methods!();
 
     fn replay(&mut self, req: &Req) -> Option<Req> {
         Some(req.clone())
@@ -179,23 +143,15 @@ where
     }
 
     fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
-        hinted_delay(&mut self.backoff, attempt, failure, self.max_delay)
+        self.settings.delay(&mut self.backoff, attempt, failure)
     }
 
     fn recover(&mut self, attempt: &Attempt, failure: &Failure, next: &mut Req) -> R::Future {
         self.recover.recover(attempt, failure, next)
     }
 
-    fn readiness_error(&mut self, error: E) -> RetryError {
-        readiness_error(error)
-    }
-
-    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
-        self.common.permit_retry(attempt, failure)
-    }
-
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
-        self.common.finish(finished.report());
+        self.settings.common.finish(finished.report());
         finished.into_result()
     }
 }

@@ -72,6 +72,7 @@ mod policy;
 mod recover;
 mod report;
 mod service;
+mod settings;
 mod stats;
 
 pub use attempt::Attempt;

@@ -4,14 +4,13 @@ use super::code::{
     CodeSet, code_class, grpc_message, message, response_code, status_in_chain, transport_failure,
 };
 use crate::backoff::{Exponential, Jitter, JitterKind};
-use crate::common::{Common, common_builders};
-use crate::compose::{hinted_delay, readiness_error};
 use crate::hint::{Hint, grpc_pushback_header};
 use crate::http::response::{already_retried, finish_response};
 use crate::http::{DefaultHttpBackoff, ReplayableBody, replay_request};
+use crate::settings::{Settings, settings_builders, settings_policy_methods};
 use crate::{
-    AsStdError, Attempt, Backoff, BoxError, Class, ClassLimits, Decision, Failure, Finished,
-    Policy, Reason, Recover, RetryError,
+    AsStdError, Attempt, Backoff, BoxError, Class, Decision, Failure, Finished, Policy, Recover,
+    RetryError,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use std::time::Duration;
@@ -126,15 +125,11 @@ fn default_backoff() -> DefaultHttpBackoff {
 /// ```
 #[derive(Clone, Debug)]
 pub struct GrpcPolicy<B = DefaultHttpBackoff, R = ()> {
-    max_attempts: u32,
     codes: CodeSet,
     recover_codes: CodeSet,
     backoff: B,
     recover: R,
-    max_delay: Duration,
-    deadline: Option<Duration>,
-    limits: ClassLimits,
-    common: Common,
+    settings: Settings,
     // Per request: how many attempts were sent before the one `replay`
     // copies for.
     sent: u32,
@@ -150,28 +145,18 @@ impl GrpcPolicy {
     /// The defaults above.
     pub fn new() -> Self {
         Self {
-            max_attempts: 3,
             codes: CodeSet::of(Code::Unavailable),
             recover_codes: CodeSet::empty(),
             backoff: default_backoff(),
             recover: (),
-            max_delay: Duration::from_secs(30),
-            deadline: None,
-            limits: ClassLimits::default(),
-            common: Common::default(),
+            settings: Settings::new(3, Duration::from_secs(30)),
             sent: 0,
         }
     }
 }
 
 impl<B, R> GrpcPolicy<B, R> {
-    common_builders!();
-
-    /// Total attempts, the first included (A6's `maxAttempts`).
-    pub fn with_max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
+    settings_builders!();
 
     /// The codes to retry (A6's `retryableStatusCodes`), replacing the
     /// default `UNAVAILABLE`. `OK` is never a failure, whatever the set.
@@ -201,15 +186,11 @@ impl<B, R> GrpcPolicy<B, R> {
     /// The backoff between attempts.
     pub fn with_backoff<B2>(self, backoff: B2) -> GrpcPolicy<B2, R> {
         GrpcPolicy {
-            max_attempts: self.max_attempts,
             codes: self.codes,
             recover_codes: self.recover_codes,
             backoff,
             recover: self.recover,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
-            common: self.common,
+            settings: self.settings,
             sent: self.sent,
         }
     }
@@ -228,36 +209,13 @@ impl<B, R> GrpcPolicy<B, R> {
         recover: R2,
     ) -> GrpcPolicy<B, R2> {
         GrpcPolicy {
-            max_attempts: self.max_attempts,
             codes: self.codes,
             recover_codes: codes.into_iter().collect(),
             backoff: self.backoff,
             recover,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
-            common: self.common,
+            settings: self.settings,
             sent: self.sent,
         }
-    }
-
-    /// The cap on any single delay, pushback included (default 30 s).
-    pub fn with_max_delay(mut self, max: Duration) -> Self {
-        self.max_delay = max;
-        self
-    }
-
-    /// An overall deadline across attempts. A delay that cannot end before
-    /// it is not started.
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// At most `max` retried failures of `class` per call.
-    pub fn with_class_limit(mut self, class: Class, max: u32) -> Self {
-        self.limits = self.limits.with_limit(class, max);
-        self
     }
 
     /// The decision on a failure with `code`, its class (for transport
@@ -288,7 +246,7 @@ impl<B, R> GrpcPolicy<B, R> {
             Some(Hint::After(delay)) => failure.with_hint(delay),
             None => failure,
         };
-        if !self.limits.admit(class) {
+        if !self.settings.admit(class) {
             Decision::Fatal(failure)
         } else if recover {
             Decision::Recover(failure)
@@ -334,16 +292,10 @@ where
     type Error = RetryError;
     type Recover = R::Future;
 
-    fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    fn deadline(&self) -> Option<Duration> {
-        self.deadline
-    }
+    settings_policy_methods!();
 
     fn measure_elapsed(&self) -> bool {
-        self.deadline.is_some() || self.recover.needs_clock()
+        self.settings.deadline.is_some() || self.recover.needs_clock()
     }
 
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
@@ -386,7 +338,7 @@ where
     }
 
     fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
-        hinted_delay(&mut self.backoff, attempt, failure, self.max_delay)
+        self.settings.delay(&mut self.backoff, attempt, failure)
     }
 
     fn recover(
@@ -398,19 +350,11 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
-    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
-        self.common.permit_retry(attempt, failure)
-    }
-
-    fn readiness_error(&mut self, error: E) -> RetryError {
-        readiness_error(error)
-    }
-
     fn finish(
         &mut self,
         finished: Finished<Response<ResB>, E>,
     ) -> Result<Response<ResB>, RetryError> {
-        finish_response(&self.common, finished, |res, report| {
+        finish_response(&self.settings.common, finished, |res, report| {
             let previous = report.attempts().saturating_sub(1);
             if previous > 0 {
                 set_previous_attempts(res.headers_mut(), previous);

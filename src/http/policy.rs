@@ -3,13 +3,12 @@
 use super::response::{already_retried, finish_response};
 use super::{ReplayableBody, replay_request};
 use crate::backoff::{Exponential, Jitter, JitterKind};
-use crate::common::{Common, common_builders};
-use crate::compose::{hinted_delay, readiness_error};
 use crate::hint::retry_after_header;
 use crate::ollama::{Mode, classify_error};
+use crate::settings::{Settings, settings_builders, settings_policy_methods};
 use crate::{
-    AsStdError, Attempt, Backoff, BoxError, Class, ClassLimits, Decision, Failure, Finished,
-    Policy, Reason, Recover, RetryError,
+    AsStdError, Attempt, Backoff, BoxError, Class, Decision, Failure, Finished, Policy, Recover,
+    RetryError,
 };
 use http::{Method, Request, Response, StatusCode};
 use std::time::Duration;
@@ -166,15 +165,11 @@ pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
 /// ```
 #[derive(Clone, Debug)]
 pub struct HttpPolicy<B = DefaultHttpBackoff, R = ()> {
-    max_attempts: u32,
     statuses: StatusSet,
     non_idempotent: bool,
     backoff: B,
     recover: R,
-    max_delay: Duration,
-    deadline: Option<Duration>,
-    limits: ClassLimits,
-    common: Common,
+    settings: Settings,
     // Per request: whether this request may be retried after it was sent.
     idempotent: bool,
 }
@@ -189,28 +184,18 @@ impl HttpPolicy {
     /// The defaults above.
     pub fn new() -> Self {
         Self {
-            max_attempts: 3,
             statuses: StatusSet::default_retryable(),
             non_idempotent: false,
             backoff: default_backoff(),
             recover: (),
-            max_delay: Duration::from_secs(30),
-            deadline: None,
-            limits: ClassLimits::default(),
-            common: Common::default(),
+            settings: Settings::new(3, Duration::from_secs(30)),
             idempotent: true,
         }
     }
 }
 
 impl<B, R> HttpPolicy<B, R> {
-    common_builders!();
-
-    /// Total attempts, the first included.
-    pub fn with_max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
+    settings_builders!();
 
     /// The statuses to retry.
     pub fn with_statuses(mut self, statuses: StatusSet) -> Self {
@@ -224,36 +209,14 @@ impl<B, R> HttpPolicy<B, R> {
         self
     }
 
-    /// The cap on any single delay, `Retry-After` included (default 30 s).
-    pub fn with_max_delay(mut self, max: Duration) -> Self {
-        self.max_delay = max;
-        self
-    }
-
-    /// An overall deadline across attempts.
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// At most `max` retried failures of `class` per request.
-    pub fn with_class_limit(mut self, class: Class, max: u32) -> Self {
-        self.limits = self.limits.with_limit(class, max);
-        self
-    }
-
     /// The backoff between attempts.
     pub fn with_backoff<B2>(self, backoff: B2) -> HttpPolicy<B2, R> {
         HttpPolicy {
-            max_attempts: self.max_attempts,
             statuses: self.statuses,
             non_idempotent: self.non_idempotent,
             backoff,
             recover: self.recover,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
-            common: self.common,
+            settings: self.settings,
             idempotent: self.idempotent,
         }
     }
@@ -262,15 +225,11 @@ impl<B, R> HttpPolicy<B, R> {
     /// [`Decision::Recover`]. (`HttpPolicy` itself never does.)
     pub fn with_recover<R2>(self, recover: R2) -> HttpPolicy<B, R2> {
         HttpPolicy {
-            max_attempts: self.max_attempts,
             statuses: self.statuses,
             non_idempotent: self.non_idempotent,
             backoff: self.backoff,
             recover,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
-            common: self.common,
+            settings: self.settings,
             idempotent: self.idempotent,
         }
     }
@@ -279,7 +238,7 @@ impl<B, R> HttpPolicy<B, R> {
         if failure.class() == Class::Fatal || (sent && !self.idempotent) {
             return Decision::Fatal(failure);
         }
-        if !self.limits.admit(failure.class()) {
+        if !self.settings.admit(failure.class()) {
             return Decision::Fatal(failure);
         }
         Decision::Retry(failure)
@@ -304,13 +263,7 @@ where
     type Error = RetryError;
     type Recover = R::Future;
 
-    fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    fn deadline(&self) -> Option<Duration> {
-        self.deadline
-    }
+    settings_policy_methods!();
 
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
         self.idempotent = self.non_idempotent
@@ -341,7 +294,7 @@ where
     }
 
     fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
-        hinted_delay(&mut self.backoff, attempt, failure, self.max_delay)
+        self.settings.delay(&mut self.backoff, attempt, failure)
     }
 
     fn recover(
@@ -353,18 +306,10 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
-    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
-        self.common.permit_retry(attempt, failure)
-    }
-
-    fn readiness_error(&mut self, error: E) -> RetryError {
-        readiness_error(error)
-    }
-
     fn finish(
         &mut self,
         finished: Finished<Response<ResB>, E>,
     ) -> Result<Response<ResB>, RetryError> {
-        finish_response(&self.common, finished, |_, _| {})
+        finish_response(&self.settings.common, finished, |_, _| {})
     }
 }

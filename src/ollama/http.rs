@@ -3,10 +3,10 @@
 
 use super::policy::{Http, OllamaPolicy};
 use super::rules::{Mode, classify_error, classify_status, error_message};
-use crate::compose::readiness_error;
 use crate::hint::retry_after_header;
 use crate::http::response::{already_retried, attach_report};
 use crate::http::{PeekBody, ReplayableBody, replay_request};
+use crate::settings::settings_policy_methods;
 use crate::{
     AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, Policy, Reason, Recover,
     RetryError,
@@ -46,16 +46,10 @@ where
     type Error = RetryError;
     type Recover = R::Future;
 
-    fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    fn deadline(&self) -> Option<Duration> {
-        self.deadline
-    }
+    settings_policy_methods!();
 
     fn measure_elapsed(&self) -> bool {
-        self.deadline.is_some() || self.recover.needs_clock()
+        self.settings.deadline.is_some() || self.recover.needs_clock()
     }
 
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
@@ -94,14 +88,6 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
-    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
-        self.common.permit_retry(attempt, failure)
-    }
-
-    fn readiness_error(&mut self, error: E) -> RetryError {
-        readiness_error(error)
-    }
-
     fn finish(
         &mut self,
         finished: Finished<Response<PeekBody<ResB>>, E>,
@@ -111,7 +97,7 @@ where
             // A response, even a failed one, goes back as it came: status,
             // headers and every body byte.
             Some(Ok(mut res)) if report.reason() != Reason::RecoveryFailed => {
-                self.common.finish(&report);
+                self.settings.common.finish(&report);
                 attach_report(&mut res, report);
                 return Ok(res);
             }

@@ -2,11 +2,10 @@
 
 use super::rules::{Mode, classify_error};
 use crate::backoff::Linear;
-use crate::common::{Common, common_builders};
-use crate::compose::{hinted_delay, readiness_error};
+use crate::settings::{Settings, settings_builders, settings_policy_methods};
 use crate::{
-    AsStdError, Attempt, BoxError, Class, ClassLimits, Decision, Failure, Finished, OllamaError,
-    Policy, Reason, Recover, RetryError,
+    AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, OllamaError, Policy, Reason,
+    Recover, RetryError,
 };
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -60,13 +59,9 @@ pub struct Plain;
 #[derive(Debug)]
 pub struct OllamaPolicy<T = Http, R = ()> {
     pub(crate) mode: Mode,
-    pub(crate) max_attempts: u32,
     pub(crate) retry_delay: Duration,
-    pub(crate) max_delay: Duration,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) limits: ClassLimits,
     pub(crate) recover: R,
-    pub(crate) common: Common,
+    pub(crate) settings: Settings,
     // The class of the last failure, for `finish`'s CodeWorm messages.
     pub(crate) last_class: Class,
     _transport: PhantomData<fn() -> T>,
@@ -76,13 +71,9 @@ impl<T, R: Clone> Clone for OllamaPolicy<T, R> {
     fn clone(&self) -> Self {
         Self {
             mode: self.mode,
-            max_attempts: self.max_attempts,
             retry_delay: self.retry_delay,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
             recover: self.recover.clone(),
-            common: self.common.clone(),
+            settings: self.settings.clone(),
             last_class: self.last_class,
             _transport: PhantomData,
         }
@@ -110,16 +101,16 @@ impl OllamaPolicy {
     fn with_mode(mode: Mode) -> Self {
         Self {
             mode,
-            max_attempts: 3,
             retry_delay: Duration::from_secs(2),
-            max_delay: match mode {
-                Mode::CodeWorm => Duration::MAX,
-                Mode::Default => Duration::from_secs(60),
-            },
-            deadline: None,
-            limits: ClassLimits::default(),
             recover: (),
-            common: Common::default(),
+            // CodeWorm caps nothing; the default mode caps a server's hint.
+            settings: Settings::new(
+                3,
+                match mode {
+                    Mode::CodeWorm => Duration::MAX,
+                    Mode::Default => Duration::from_secs(60),
+                },
+            ),
             last_class: Class::Success,
             _transport: PhantomData,
         }
@@ -127,7 +118,7 @@ impl OllamaPolicy {
 }
 
 impl<T, R> OllamaPolicy<T, R> {
-    common_builders!();
+    settings_builders!();
 
     /// Switches to `mode`'s classification rules.
     pub fn mode(mut self, mode: Mode) -> Self {
@@ -140,39 +131,9 @@ impl<T, R> OllamaPolicy<T, R> {
         self.mode
     }
 
-    /// Total attempts, the first included (CodeWorm's `max_retries`,
-    /// default 3). Zero sends nothing and fails with
-    /// [`Reason::NoAttempts`].
-    pub fn with_max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
-        self
-    }
-
     /// The linear step (CodeWorm's `retry_delay`, default 2 s).
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
-        self
-    }
-
-    /// The cap on any single delay, server hints included (default mode:
-    /// 60 s; CodeWorm mode: none).
-    pub fn with_max_delay(mut self, max: Duration) -> Self {
-        self.max_delay = max;
-        self
-    }
-
-    /// An overall deadline across attempts; a delay that cannot finish
-    /// before it is not started ([`Reason::Deadline`]).
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// At most `max` retried failures of `class` per request, for example
-    /// `with_class_limit(Class::Oom, 1)`: one OOM recovery, then the next OOM
-    /// is fatal.
-    pub fn with_class_limit(mut self, class: Class, max: u32) -> Self {
-        self.limits = self.limits.with_limit(class, max);
         self
     }
 
@@ -180,13 +141,9 @@ impl<T, R> OllamaPolicy<T, R> {
     pub fn with_recovery<R2>(self, recover: R2) -> OllamaPolicy<T, R2> {
         OllamaPolicy {
             mode: self.mode,
-            max_attempts: self.max_attempts,
             retry_delay: self.retry_delay,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
             recover,
-            common: self.common,
+            settings: self.settings,
             last_class: self.last_class,
             _transport: PhantomData,
         }
@@ -205,13 +162,9 @@ impl<T, R> OllamaPolicy<T, R> {
     fn retype<T2>(self) -> OllamaPolicy<T2, R> {
         OllamaPolicy {
             mode: self.mode,
-            max_attempts: self.max_attempts,
             retry_delay: self.retry_delay,
-            max_delay: self.max_delay,
-            deadline: self.deadline,
-            limits: self.limits,
             recover: self.recover,
-            common: self.common,
+            settings: self.settings,
             last_class: self.last_class,
             _transport: PhantomData,
         }
@@ -229,7 +182,7 @@ impl<T, R> OllamaPolicy<T, R> {
         match failure.class() {
             Class::Success => Decision::Success,
             Class::Fatal => Decision::Fatal(failure),
-            class if !self.limits.admit(class) => Decision::Fatal(failure),
+            class if !self.settings.admit(class) => Decision::Fatal(failure),
             Class::Oom => match self.mode {
                 // CodeWorm recovers even after the last attempt.
                 Mode::CodeWorm => Decision::Recover(failure),
@@ -242,15 +195,15 @@ impl<T, R> OllamaPolicy<T, R> {
     }
 
     pub(crate) fn delay(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
-        let mut linear = Linear::new(self.retry_delay);
-        hinted_delay(&mut linear, attempt, failure, self.max_delay)
+        self.settings
+            .delay(&mut Linear::new(self.retry_delay), attempt, failure)
     }
 
     /// The CodeWorm-shaped final error for a loop that ended without a
     /// usable result.
     pub(crate) fn final_error(&self, finished: Finished<impl Sized, BoxError>) -> RetryError {
         let (last, recovery_error, report) = finished.into_parts();
-        self.common.finish(&report);
+        self.settings.common.finish(&report);
         let source = match (report.reason(), last, recovery_error) {
             (Reason::RecoveryFailed, _, Some(e)) => Some(OllamaError::recovery_failed(e).into()),
             (Reason::Exhausted, Some(Err(_)), _)
@@ -278,16 +231,10 @@ where
     type Error = RetryError;
     type Recover = R::Future;
 
-    fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    fn deadline(&self) -> Option<Duration> {
-        self.deadline
-    }
+    settings_policy_methods!();
 
     fn measure_elapsed(&self) -> bool {
-        self.deadline.is_some() || self.recover.needs_clock()
+        self.settings.deadline.is_some() || self.recover.needs_clock()
     }
 
     fn replay(&mut self, req: &Req) -> Option<Req> {
@@ -313,19 +260,11 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
-    fn readiness_error(&mut self, error: E) -> RetryError {
-        readiness_error(error)
-    }
-
-    fn permit_retry(&mut self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
-        self.common.permit_retry(attempt, failure)
-    }
-
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
         let (last, recovery_error, report) = finished.into_parts();
         let last = match last {
             Some(Ok(res)) => {
-                self.common.finish(&report);
+                self.settings.common.finish(&report);
                 return Ok(res);
             }
             Some(Err(e)) => Some(Err(e.into())),
