@@ -43,53 +43,88 @@ impl Settings {
     }
 }
 
-/// The builder methods over a `settings: Settings` field.
+/// The builder methods over a `settings: Settings` field. `$path` is the
+/// policy's import path and `$new` an expression that builds one, for the
+/// examples.
 macro_rules! settings_builders {
-    () => {
-        /// Total attempts, the first included. Zero sends nothing and fails
-        /// with [`Reason::NoAttempts`](crate::Reason::NoAttempts).
+    ($path:literal, $new:literal) => {
+        #[doc = concat!(
+            "Total attempts, the first included. Zero sends nothing and fails with ",
+            "[`Reason::NoAttempts`](crate::Reason::NoAttempts).\n\n```\nuse ", $path, ";\n\n",
+            "let policy = ", $new, ".with_max_attempts(5);\n# let _ = policy;\n```"
+        )]
         pub fn with_max_attempts(mut self, n: u32) -> Self {
             self.settings.max_attempts = n;
             self
         }
 
-        /// The cap on any single delay, server hints included.
+        #[doc = concat!(
+            "The cap on any single delay, server hints (`Retry-After`, pushback) included.",
+            "\n\n```\nuse std::time::Duration;\nuse ", $path, ";\n\n",
+            "let policy = ", $new, ".with_max_delay(Duration::from_secs(10));\n# let _ = policy;\n```"
+        )]
         pub fn with_max_delay(mut self, max: std::time::Duration) -> Self {
             self.settings.max_delay = max;
             self
         }
 
-        /// An overall deadline across attempts, measured from the start of
-        /// the first: a delay that cannot end before it is not started, and
-        /// the loop stops with [`Reason::Deadline`](crate::Reason::Deadline).
+        #[doc = concat!(
+            "An overall deadline across attempts, measured from the start of the first: ",
+            "a delay that cannot end before it is not started, and the loop stops with ",
+            "[`Reason::Deadline`](crate::Reason::Deadline). Compose it with a per-attempt ",
+            "`tower::timeout` inside the retry layer.",
+            "\n\n```\nuse std::time::Duration;\nuse ", $path, ";\n\n",
+            "let policy = ", $new, ".with_deadline(Duration::from_secs(30));\n# let _ = policy;\n```"
+        )]
         pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
             self.settings.deadline = Some(deadline);
             self
         }
 
-        /// At most `max` retried failures of `class` per request, for
-        /// example one OOM recovery: `with_class_limit(Class::Oom, 1)`. The
-        /// failure past the limit ends the loop as fatal.
+        #[doc = concat!(
+            "At most `max` retried failures of `class` per request; the failure past ",
+            "the limit ends the loop as fatal. For example, at most one OOM recovery:",
+            "\n\n```\nuse tower_ollama_retry::Class;\nuse ", $path, ";\n\n",
+            "let policy = ", $new, ".with_class_limit(Class::Oom, 1);\n# let _ = policy;\n```"
+        )]
         pub fn with_class_limit(mut self, class: crate::Class, max: u32) -> Self {
             self.settings.limits = self.settings.limits.with_limit(class, max);
             self
         }
 
-        /// Shares `budget` across every clone: each success deposits, each
-        /// retry withdraws just before it is sent, and a denied retry ends
-        /// the loop with [`Reason::Budget`](crate::Reason::Budget).
+        #[doc = concat!(
+            "Shares `budget` across every clone: each success deposits, each retry ",
+            "withdraws just before it is sent, and a denied retry ends the loop with ",
+            "[`Reason::Budget`](crate::Reason::Budget).",
+            "\n\n```\nuse std::time::Duration;\nuse tower_ollama_retry::RetryBudget;\nuse ", $path, ";\n\n",
+            "// Retries may be 20 % of recent successes, plus 1 a second.\n",
+            "let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.2).unwrap();\n",
+            "let policy = ", $new, ".with_budget(budget);\n# let _ = policy;\n```"
+        )]
         pub fn with_budget(mut self, budget: crate::RetryBudget) -> Self {
             self.settings.common.budget = Some(budget);
             self
         }
 
-        /// Records every finished request in `stats`.
+        #[doc = concat!(
+            "Records every finished request in `stats`.",
+            "\n\n```\nuse tower_ollama_retry::Stats;\nuse ", $path, ";\n\n",
+            "let stats = Stats::new();\n",
+            "let policy = ", $new, ".with_stats(stats.clone());\n",
+            "assert_eq!(stats.snapshot().requests, 0);\n# let _ = policy;\n```"
+        )]
         pub fn with_stats(mut self, stats: crate::Stats) -> Self {
             self.settings.common.stats = Some(stats);
             self
         }
 
-        /// Calls `f` just before each retry is sent.
+        #[doc = concat!(
+            "Calls `f` just before each retry is sent.",
+            "\n\n```\nuse ", $path, ";\n\n",
+            "let policy = ", $new, ".on_retry(|e| {\n",
+            "    eprintln!(\"attempt {} after {} (slept {:?})\", e.attempt.number(), e.failure, e.delay);\n",
+            "});\n# let _ = policy;\n```"
+        )]
         pub fn on_retry(
             mut self,
             f: impl Fn(&crate::RetryEvent<'_>) + Send + Sync + 'static,

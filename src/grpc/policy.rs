@@ -156,7 +156,7 @@ impl GrpcPolicy {
 }
 
 impl<B, R> GrpcPolicy<B, R> {
-    settings_builders!();
+    settings_builders!("tower_ollama_retry::grpc::GrpcPolicy", "GrpcPolicy::new()");
 
     /// The codes to retry (A6's `retryableStatusCodes`), replacing the
     /// default `UNAVAILABLE`. `OK` is never a failure, whatever the set.

@@ -195,7 +195,7 @@ impl HttpPolicy {
 }
 
 impl<B, R> HttpPolicy<B, R> {
-    settings_builders!();
+    settings_builders!("tower_ollama_retry::http::HttpPolicy", "HttpPolicy::new()");
 
     /// The statuses to retry.
     pub fn with_statuses(mut self, statuses: StatusSet) -> Self {
