@@ -201,7 +201,7 @@ impl<B, R> GrpcPolicy<B, R> {
     /// The hook gets the request the next attempt sends, so it can rewrite
     /// it: for `UNAUTHENTICATED`, fetch a fresh token and replace the
     /// `authorization` metadata. Its error ends the call
-    /// ([`Reason::RecoveryFailed`]). A pushback of "do not retry" and the
+    /// ([`Reason::RecoveryFailed`](crate::Reason::RecoveryFailed)). A pushback of "do not retry" and the
     /// class limits apply as for any retry.
     pub fn with_recover<R2>(
         self,
