@@ -368,3 +368,38 @@ async fn an_outer_overall_timeout_is_never_retried() {
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn respond_on_error_fits_under_the_whole_http_stack() {
+    use http_body_util::BodyExt;
+    use tower_ollama_retry::http::{HttpRetryLayer, ReplayBody, RespondOnError};
+    let route = tower::service_fn(|_: Request<ReplayBody<Full<Bytes>>>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let svc = HttpRetryLayer::new(RespondOnError::new(HttpPolicy::new().with_max_attempts(0)))
+        .layer(route);
+    let res = svc.oneshot(req(Method::GET)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        br#"{"error":"no attempts allowed: the policy allows 0 attempts"}"#
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_error_body_carries_the_whole_cause_chain() {
+    let api = Api::new(vec![Err("refused"); 3]);
+    let err = RetryLayer::new(fixed(1))
+        .layer(api.service())
+        .oneshot(req(Method::GET))
+        .await
+        .unwrap_err();
+    let body = tower_ollama_retry::http::error_body(&err);
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(text.contains("connection refused: refused"), "{text}");
+    assert_eq!(
+        tower_ollama_retry::http::error_status(&err),
+        StatusCode::BAD_GATEWAY
+    );
+}

@@ -23,9 +23,19 @@ pub fn error_status(err: &RetryError) -> StatusCode {
     }
 }
 
-/// The Ollama-shaped body for `err`: `{"error":"<message>"}`.
+/// The Ollama-shaped body for `err`: `{"error":"<message>"}`, where the
+/// message is the error and its whole `source()` chain (hyper-util's own
+/// message, "client error (Connect)", says too little on its own).
 pub fn error_body(err: &RetryError) -> Bytes {
-    let message = serde_json::Value::String(err.to_string());
+    let mut text = err.to_string();
+    // `RetryError`'s own message already shows its direct source.
+    let mut source = std::error::Error::source(err).and_then(|e| e.source());
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    let message = serde_json::Value::String(text);
     Bytes::from(format!("{{\"error\":{message}}}"))
 }
 

@@ -242,6 +242,15 @@ where
     }
 }
 
+/// A body built from bytes is a pass-through body: what
+/// [`RespondOnError`](crate::http::RespondOnError) answers with under a
+/// [`PeekLayer`](super::PeekLayer).
+impl<B: From<Bytes>> From<Bytes> for PeekBody<B> {
+    fn from(bytes: Bytes) -> Self {
+        Self::passthrough(B::from(bytes))
+    }
+}
+
 impl<B> fmt::Debug for PeekBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
