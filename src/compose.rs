@@ -68,7 +68,10 @@ impl<C> RetryPolicy<C> {
 }
 
 impl<C, B, R> RetryPolicy<C, B, R> {
-    settings_builders!("tower_ollama_retry::{RetryPolicy, Decision}", "RetryPolicy::new(|_: &tower_ollama_retry::Attempt, _: &Result<(), tower_ollama_retry::BoxError>| Decision::Success)");
+    settings_builders!(
+        "tower_ollama_retry::{RetryPolicy, Decision}",
+        "RetryPolicy::new(|_: &tower_ollama_retry::Attempt, _: &Result<(), tower_ollama_retry::BoxError>| Decision::Success)"
+    );
 
     /// The backoff between attempts.
     pub fn with_backoff<B2>(self, backoff: B2) -> RetryPolicy<C, B2, R> {

@@ -62,7 +62,8 @@ mod common;
 mod compose;
 mod error;
 pub mod future;
-#[cfg(feature = "tonic")] pub mod grpc;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod hint;
 #[cfg(feature = "http")]
 pub mod http;

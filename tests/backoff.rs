@@ -141,8 +141,17 @@ fn full_jitter_spreads_delays() {
 #[test]
 fn exponential_past_attempt_32_with_a_tiny_base() {
     let mut b = Exponential::new(Duration::from_nanos(1)).with_max(Duration::from_secs(10));
-    assert_eq!(b.delay(&Attempt::new(33, 40)), Duration::from_nanos(1 << 32));
+    assert_eq!(
+        b.delay(&Attempt::new(33, 40)),
+        Duration::from_nanos(1 << 32)
+    );
     let mut uncapped = Exponential::new(Duration::from_nanos(1));
-    assert_eq!(uncapped.delay(&Attempt::new(33, 40)), Duration::from_nanos(1 << 32));
-    assert_eq!(uncapped.delay(&Attempt::new(u32::MAX, u32::MAX)), Duration::MAX);
+    assert_eq!(
+        uncapped.delay(&Attempt::new(33, 40)),
+        Duration::from_nanos(1 << 32)
+    );
+    assert_eq!(
+        uncapped.delay(&Attempt::new(u32::MAX, u32::MAX)),
+        Duration::MAX
+    );
 }

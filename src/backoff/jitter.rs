@@ -113,7 +113,6 @@ fn nanos(d: Duration) -> u128 {
     d.as_nanos()
 }
 
-
 /// Uniform in `[lo, hi]` (inclusive), `lo <= hi`.
 fn uniform(rng: &mut fastrand::Rng, lo: Duration, hi: Duration) -> Duration {
     let (lo, hi) = (nanos(lo), nanos(hi));

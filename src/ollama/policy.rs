@@ -118,7 +118,10 @@ impl OllamaPolicy {
 }
 
 impl<T, R> OllamaPolicy<T, R> {
-    settings_builders!("tower_ollama_retry::OllamaPolicy", "OllamaPolicy::default()");
+    settings_builders!(
+        "tower_ollama_retry::OllamaPolicy",
+        "OllamaPolicy::default()"
+    );
 
     /// Switches to `mode`'s classification rules.
     pub fn mode(mut self, mode: Mode) -> Self {
