@@ -188,14 +188,16 @@ where
             let (last, recovery_error, reason) = match step {
                 Step::NoAttempts => (None, None, Reason::NoAttempts),
                 Step::Finished(result) => {
-                    let (failure, recover) = match this.policy.classify(attempt, &result) {
+                    let decision = this.policy.classify(attempt, &result);
+                    let recover = matches!(decision, Decision::Recover(_));
+                    match decision {
                         Decision::Success => {
                             if !this.failures.is_empty() {
                                 this.span.in_scope(|| {
                                     tracing::info!(attempt = attempt.number, "retry_succeeded")
                                 });
                             }
-                            (None, false)
+                            (Some(result), None, Reason::Success)
                         }
                         Decision::Fatal(failure) => {
                             record(this.failures, this.span, attempt, &failure);
@@ -207,22 +209,9 @@ where
                                     "fatal_failure"
                                 )
                             });
-                            this.state.set(State::Done);
-                            return Poll::Ready(finish(
-                                this.policy,
-                                this.failures,
-                                attempt,
-                                Some(result),
-                                None,
-                                Reason::Fatal,
-                            ));
+                            (Some(result), None, Reason::Fatal)
                         }
-                        Decision::Retry(failure) => (Some(failure), false),
-                        Decision::Recover(failure) => (Some(failure), true),
-                    };
-                    match failure {
-                        None => (Some(result), None, Reason::Success),
-                        Some(failure) => {
+                        Decision::Retry(failure) | Decision::Recover(failure) => {
                             record(this.failures, this.span, attempt, &failure);
                             match schedule(
                                 this.policy,
