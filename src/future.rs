@@ -275,20 +275,22 @@ where
                         .failure
                         .take()
                         .unwrap_or(Failure::new(Class::Transient));
-                    if let Err(reason) = this.policy.permit_retry(&upcoming, &failure) {
-                        this.span.in_scope(|| {
-                            tracing::warn!(
-                                attempt = upcoming.number,
-                                reason = reason.as_str(),
-                                "retry_denied"
-                            )
-                        });
-                        (this.last.take(), None, reason)
-                    } else {
-                        // `schedule` only moves on when a copy exists.
-                        match this.next.take() {
-                            None => (this.last.take(), None, Reason::NotReplayable),
-                            Some(req) => {
+                    // The copy first, then the budget: a retry that cannot
+                    // be sent must cost no token.
+                    match this.next.take() {
+                        None => (this.last.take(), None, Reason::NotReplayable),
+                        Some(req) => match this.policy.permit_retry(&upcoming, &failure) {
+                            Err(reason) => {
+                                this.span.in_scope(|| {
+                                    tracing::warn!(
+                                        attempt = upcoming.number,
+                                        reason = reason.as_str(),
+                                        "retry_denied"
+                                    )
+                                });
+                                (this.last.take(), None, reason)
+                            }
+                            Ok(()) => {
                                 if attempt.started.is_some() {
                                     upcoming.sent_at = Some(Instant::now());
                                 }
@@ -304,7 +306,7 @@ where
                                 this.state.set(State::Calling { future });
                                 continue;
                             }
-                        }
+                        },
                     }
                 }
             };

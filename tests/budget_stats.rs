@@ -154,3 +154,27 @@ async fn stats_and_on_retry_see_every_decision() {
     assert_eq!(s.total_retries(), 2);
     assert_eq!(s.recoveries, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_is_never_sent_costs_no_token() {
+    use tokio_test::{assert_pending, assert_ready};
+    // A floor of 1 retry per second for 1 s: exactly one token.
+    let budget = RetryBudget::new(Duration::from_secs(1), 1, 0.0).unwrap();
+    let policy = OllamaPolicy::plain()
+        .with_retry_delay(Duration::ZERO)
+        .with_budget(budget.clone());
+    let (svc, mut handle) = tower_test::mock::pair::<(), ()>();
+    handle.allow(1);
+    let mut call = tokio_test::task::spawn(RetryLayer::new(policy).layer(svc).oneshot(()));
+    assert_pending!(call.poll());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(OllamaError::timeout("slow"));
+    assert_pending!(call.poll());
+    // The retry's readiness fails: nothing is sent.
+    handle.send_error(OllamaError::other("gone"));
+    let err = assert_ready!(call.poll()).unwrap_err();
+    assert_eq!(err.reason(), Reason::Readiness);
+    // So the token is still there, once.
+    assert!(budget.withdraw());
+    assert!(!budget.withdraw());
+}
