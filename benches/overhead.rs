@@ -7,10 +7,17 @@
 //! the inner service (and the policy) once per call; the services here are
 //! zero-sized or one `Arc`, so that costs the same for both.
 //!
-//! - `success_path`: the first attempt succeeds.
-//! - `one_retry`: the first attempt fails with a retryable error, the second
-//!   succeeds, with no delay (our engine skips the timer for a zero delay, so
-//!   this still completes in one poll).
+//! - `success_path`: the first attempt succeeds. Over `u64` (`bare`,
+//!   `tower_retry`, `ours_ollama` with `OllamaPolicy::plain()`) and over an
+//!   Ollama-shaped `POST` `http::Request<Full<Bytes>>` answered `200`
+//!   (`bare_http`, `tower_retry_http`, `ours_http` with `HttpPolicy::new()`,
+//!   and `ollama_stack_http`: the whole
+//!   `HttpRetryLayer::new(OllamaPolicy::default())`). HTTP requests are built
+//!   outside the timed region (`iter_batched`).
+//! - `one_retry`: the first attempt fails with a retryable error (a timeout;
+//!   a 503 for a `GET` over HTTP), the second succeeds, with no delay (our
+//!   engine skips the timer for a zero delay, so this still completes in one
+//!   poll; `main` checks it does).
 //!
 //! ```text
 //! CARGO_TARGET_DIR=/work/target-bench cargo bench --bench overhead
@@ -143,6 +150,8 @@ fn success_path(c: &mut Criterion) {
     });
 
     let mut ours = Retry::new(Echo, OllamaPolicy::plain());
+    assert_eq!(call_now(&mut tower, 7).unwrap(), 8);
+    assert_eq!(call_now(&mut ours, 7).unwrap(), 8);
     g.bench_function("ours_ollama", |b| {
         b.iter(|| call_now(&mut ours, black_box(7)))
     });
@@ -158,23 +167,31 @@ fn one_retry(c: &mut Criterion) {
 
     let inner = FailOnce::default();
     let mut tower = tower::retry::Retry::new(TowerAttempts::three(), inner.clone());
+    let policy = OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
+    let mut ours = Retry::new(inner.clone(), policy);
+
+    // Both retry once and succeed, without a runtime.
+    inner.reset();
+    assert_eq!(call_now(&mut tower, 7).map_err(|e| e.to_string()), Ok(8));
+    assert_eq!(
+        inner.calls.load(Ordering::Relaxed),
+        2,
+        "one failure, one success"
+    );
+    inner.reset();
+    assert_eq!(call_now(&mut ours, 7).map_err(|e| e.to_string()), Ok(8));
+    assert_eq!(
+        inner.calls.load(Ordering::Relaxed),
+        2,
+        "one failure, one success"
+    );
+
     g.bench_function("tower_retry", |b| {
         b.iter(|| {
             inner.reset();
             call_now(&mut tower, black_box(7)).unwrap()
         })
     });
-
-    let policy = OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
-    let mut ours = Retry::new(inner.clone(), policy);
-
-    // Both retry once and succeed, without a runtime.
-    assert_eq!(call_now(&mut tower, 7).map_err(|e| e.to_string()), Ok(8));
-    assert_eq!(inner.calls.load(Ordering::Relaxed), 2, "one failure, one success");
-    inner.reset();
-    assert_eq!(call_now(&mut ours, 7).map_err(|e| e.to_string()), Ok(8));
-    assert_eq!(inner.calls.load(Ordering::Relaxed), 2, "one failure, one success");
-    inner.reset();
     g.bench_function("ours_ollama", |b| {
         b.iter(|| {
             inner.reset();
@@ -204,9 +221,10 @@ mod http {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::task::{Context, Poll};
     use std::time::Duration;
+    use tower::Layer;
     use tower_ollama_retry::backoff::Constant;
-    use tower_ollama_retry::http::HttpPolicy;
-    use tower_ollama_retry::{BoxError, Retry};
+    use tower_ollama_retry::http::{HttpPolicy, HttpRetryLayer};
+    use tower_ollama_retry::{BoxError, OllamaPolicy, Retry};
     use tower_service::Service;
 
     const PROMPT: &[u8] = br#"{"model":"llama3","prompt":"Why is the sky blue?","stream":false}"#;
@@ -235,7 +253,8 @@ mod http {
     #[derive(Clone, Copy, Debug)]
     pub(super) struct Ok200;
 
-    impl Service<Req> for Ok200 {
+    // Any body: the whole Ollama stack hands it `ReplayBody<Full<Bytes>>`.
+    impl<B> Service<Request<B>> for Ok200 {
         type Response = Res;
         type Error = BoxError;
         type Future = Ready<Result<Res, BoxError>>;
@@ -244,7 +263,7 @@ mod http {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _: Req) -> Self::Future {
+        fn call(&mut self, _: Request<B>) -> Self::Future {
             ready(Ok(response(200)))
         }
     }
@@ -325,7 +344,7 @@ mod http {
 
     fn bench<S>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, svc: &mut S, method: &Method)
     where
-        S: Service<Req, Response = Res>,
+        S: Service<Req>,
         S::Error: std::fmt::Debug,
     {
         g.bench_function(name, |b| {
@@ -352,6 +371,16 @@ mod http {
             &mut Retry::new(Ok200, HttpPolicy::new()),
             &post,
         );
+        // The whole Ollama stack (replay, retry, peek) in front of the
+        // same in-memory service, as `http_loopback` runs it.
+        let mut stack = HttpRetryLayer::new(OllamaPolicy::default()).layer(Ok200);
+        assert_eq!(
+            call_now(&mut stack, request(post.clone()))
+                .unwrap()
+                .status(),
+            200
+        );
+        bench(g, "ollama_stack_http", &mut stack, &post);
     }
 
     pub(super) fn one_retry(g: &mut BenchmarkGroup<'_, WallTime>) {

@@ -1,0 +1,280 @@
+//! Loopback HTTP throughput: a hyper-util legacy `Client` alone, and the
+//! same client under the whole Ollama stack,
+//! `HttpRetryLayer::new(OllamaPolicy::default())` (replay, retry, peek).
+//!
+//! A hyper 1 HTTP/1 server on `127.0.0.1:0` reads each request body and
+//! answers `200` with an Ollama-shaped `/api/generate` JSON body of about
+//! 300 bytes. The client keeps 64 requests in flight, each an Ollama-shaped
+//! `POST` with a JSON body, and reads each response body to its end.
+//! Criterion reports the throughput as elements (requests) per second.
+//!
+//! Under `cargo bench` (which passes `--bench`), an interleaved A/B run
+//! follows criterion's: rounds of bare, stack, bare, stack, ... and the
+//! median requests per second of each, so that the ratio does not depend on
+//! which variant ran while the machine was busier.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=/work/target-bench cargo bench --bench http_loopback
+//! ```
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use futures_util::{StreamExt, stream};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_ollama_retry::OllamaPolicy;
+use tower_ollama_retry::http::{HttpRetryLayer, ReplayBody};
+use tower_service::Service;
+
+const IN_FLIGHT: usize = 64;
+
+/// Connections the server has accepted: each variant should reuse its
+/// pool's, not open new ones.
+static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
+
+const PROMPT: &[u8] =
+    br#"{"model":"llama3","prompt":"Why is the sky blue? Answer in one sentence.","stream":false}"#;
+
+const ANSWER: &[u8] = br#"{"model":"llama3","created_at":"2024-05-01T12:00:00.000000Z","response":"The sky is blue because air molecules scatter short blue wavelengths of sunlight more than red ones.","done":true,"done_reason":"stop","total_duration":512345678,"load_duration":1234567,"prompt_eval_count":18,"eval_count":21,"eval_duration":401234567}"#;
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Read the request body, as Ollama does, so the connection is reused.
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    debug_assert_eq!(body.ok().as_deref(), Some(PROMPT));
+    let mut res = Response::new(Full::new(Bytes::from_static(ANSWER)));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// Starts the server on the runtime; returns its address.
+fn start_server(rt: &Runtime) -> SocketAddr {
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                ACCEPTED.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                        .await;
+                });
+            }
+        });
+        addr
+    })
+}
+
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c
+}
+
+fn request(uri: &Uri) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::from_static(PROMPT)));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri.clone();
+    req.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    req
+}
+
+/// Sends `n` requests through clones of `svc`, [`IN_FLIGHT`] at a time, each
+/// response read to its end; returns the time taken.
+async fn run<S, B>(svc: S, uri: Uri, n: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body,
+    B::Error: Debug,
+{
+    let start = Instant::now();
+    stream::iter(0..n)
+        .map(|_| {
+            let call = svc.clone().oneshot(request(&uri));
+            async move {
+                let res = call.await.expect("the request succeeds");
+                assert_eq!(res.status(), 200);
+                let body = res.into_body().collect().await.expect("the body arrives");
+                black_box(body.to_bytes().len());
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .for_each(|()| async {})
+        .await;
+    start.elapsed()
+}
+
+/// [`run`] on one of the runtime's workers, so that the client, its
+/// connection tasks and the server share the same two threads.
+fn run_on<S, B>(rt: &Runtime, svc: &S, uri: &Uri, n: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Debug,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Debug,
+{
+    let driver = rt.spawn(run(svc.clone(), uri.clone(), n));
+    rt.block_on(driver).expect("the driver does not panic")
+}
+
+/// CPU time this process's live threads have run, in nanoseconds (Linux
+/// `schedstat`), or `None` where that is not available. Less sensitive than
+/// wall time to what else the machine runs.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+fn rps(n: u64, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let addr = start_server(&rt);
+    let uri: Uri = format!("http://{addr}/api/generate")
+        .parse()
+        .expect("a URI");
+
+    // Built inside the runtime: the client's pool spawns its idle reaper.
+    let (bare, stack) = rt.block_on(async {
+        let bare: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector());
+        let client: Client<_, ReplayBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build(connector());
+        let stack = ServiceBuilder::new()
+            .layer(HttpRetryLayer::new(OllamaPolicy::default()))
+            .service(client);
+        (bare, stack)
+    });
+
+    // What each request's future weighs: it is moved into the task set
+    // (here a `FuturesUnordered`), and the layers move it as they build it.
+    rt.block_on(async {
+        let bare_size = size_of_val(&bare.clone().oneshot(request(&uri)));
+        let stack_size = size_of_val(&stack.clone().oneshot(request(&uri)));
+        println!("request future size: bare_client {bare_size} B, ollama_stack {stack_size} B");
+    });
+
+    // Both work before anything is timed.
+    run_on(&rt, &bare, &uri, IN_FLIGHT as u64);
+    run_on(&rt, &stack, &uri, IN_FLIGHT as u64);
+
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(10)
+        .configure_from_args();
+    {
+        let mut g = c.benchmark_group("http_loopback");
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("bare_client", |b| {
+            b.iter_custom(|n| run_on(&rt, &bare, &uri, n))
+        });
+        g.bench_function("ollama_stack", |b| {
+            b.iter_custom(|n| run_on(&rt, &stack, &uri, n))
+        });
+        g.finish();
+    }
+    c.final_summary();
+
+    // Interleaved A/B rounds, only under `cargo bench` (not `--profile-time`).
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--profile-time") {
+        const ROUNDS: usize = 9;
+        const PER_ROUND: u64 = 8_000;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut opened_a, mut opened_b) = (0, 0);
+        let mut ratios = Vec::new();
+        let (mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate which goes first, so neither always runs second.
+            let one = |stack_side: bool| {
+                let before = ACCEPTED.load(Ordering::Relaxed);
+                let cpu_before = cpu_ns();
+                let took = if stack_side {
+                    run_on(&rt, &stack, &uri, PER_ROUND)
+                } else {
+                    run_on(&rt, &bare, &uri, PER_ROUND)
+                };
+                let cpu = cpu_before
+                    .zip(cpu_ns())
+                    .map(|(b, a)| (a - b) as f64 / PER_ROUND as f64);
+                let opened = ACCEPTED.load(Ordering::Relaxed) - before;
+                ((rps(PER_ROUND, took), cpu.unwrap_or(f64::NAN)), opened)
+            };
+            let ((ra, oa), (rb, ob)) = if round % 2 == 0 {
+                let x = one(false);
+                (x, one(true))
+            } else {
+                let y = one(true);
+                (one(false), y)
+            };
+            a.push(ra.0);
+            b.push(rb.0);
+            ratios.push(rb.0 / ra.0);
+            cpu_a.push(ra.1);
+            cpu_b.push(rb.1);
+            opened_a += oa;
+            opened_b += ob;
+        }
+        let (a, b, ratio) = (median(a), median(b), median(ratios));
+        println!(
+            "interleaved A/B, {ROUNDS} rounds of {PER_ROUND} requests, {IN_FLIGHT} in flight: \
+             bare_client {a:.0} req/s, ollama_stack {b:.0} req/s (medians); \
+             median per-round ratio {ratio:.3}"
+        );
+        let (cpu_a, cpu_b) = (median(cpu_a) / 1000.0, median(cpu_b) / 1000.0);
+        println!(
+            "CPU per request (client and server, this process): bare_client {cpu_a:.2} us, \
+             ollama_stack {cpu_b:.2} us, +{:.2} us ({:.1}%)",
+            cpu_b - cpu_a,
+            100.0 * (cpu_b - cpu_a) / cpu_a
+        );
+        println!(
+            "connections opened during the A/B rounds: bare_client {opened_a}, ollama_stack {opened_b} \
+             ({} accepted in all)",
+            ACCEPTED.load(Ordering::Relaxed)
+        );
+    }
+}
