@@ -195,34 +195,44 @@ impl Decision {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassLimits {
-    max: [u32; Class::ALL.len()],
-    seen: [u32; Class::ALL.len()],
+    // u16 keeps a policy small enough to copy per request; a limit of
+    // `u16::MAX` or more means no limit.
+    max: [u16; Class::ALL.len()],
+    seen: [u16; Class::ALL.len()],
 }
 
 impl Default for ClassLimits {
     fn default() -> Self {
         Self {
-            max: [u32::MAX; Class::ALL.len()],
+            max: [u16::MAX; Class::ALL.len()],
             seen: [0; Class::ALL.len()],
         }
     }
 }
 
 impl ClassLimits {
-    /// Allows at most `max` retried failures of `class` per request.
+    /// Allows at most `max` retried failures of `class` per request
+    /// (65 535 or more: no limit).
     pub fn with_limit(mut self, class: Class, max: u32) -> Self {
-        self.max[class.index()] = max;
+        self.max[class.index()] = u16::try_from(max).unwrap_or(u16::MAX);
         self
     }
 
-    /// The limit for `class`.
+    /// The limit for `class` (`u32::MAX` when there is none).
     pub fn limit(&self, class: Class) -> u32 {
-        self.max[class.index()]
+        match self.max[class.index()] {
+            u16::MAX => u32::MAX,
+            n => u32::from(n),
+        }
     }
 
     /// Counts one failure of `class`; `false` once it is past the limit.
+    #[inline]
     pub fn admit(&mut self, class: Class) -> bool {
         let i = class.index();
+        if self.max[i] == u16::MAX {
+            return true;
+        }
         self.seen[i] = self.seen[i].saturating_add(1);
         self.seen[i] <= self.max[i]
     }

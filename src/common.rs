@@ -22,35 +22,60 @@ pub struct RetryEvent<'a> {
 type OnRetry = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 
 #[derive(Clone, Default)]
+struct Shared {
+    budget: Option<RetryBudget>,
+    stats: Option<Stats>,
+    on_retry: Option<OnRetry>,
+}
+
+/// The cross-request parts of a policy. `None` until one is configured, so
+/// that cloning a policy per request is a plain copy and touches no shared
+/// state.
+#[derive(Clone, Default)]
 pub(crate) struct Common {
-    pub(crate) budget: Option<RetryBudget>,
-    pub(crate) stats: Option<Stats>,
-    pub(crate) on_retry: Option<OnRetry>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl fmt::Debug for Common {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.shared.as_deref();
         f.debug_struct("Common")
-            .field("budget", &self.budget)
-            .field("stats", &self.stats.is_some())
-            .field("on_retry", &self.on_retry.is_some())
+            .field("budget", &s.and_then(|s| s.budget.as_ref()))
+            .field("stats", &s.is_some_and(|s| s.stats.is_some()))
+            .field("on_retry", &s.is_some_and(|s| s.on_retry.is_some()))
             .finish()
     }
 }
 
 impl Common {
+    fn shared_mut(&mut self) -> &mut Shared {
+        Arc::make_mut(self.shared.get_or_insert_with(Default::default))
+    }
+
+    pub(crate) fn set_budget(&mut self, budget: RetryBudget) {
+        self.shared_mut().budget = Some(budget);
+    }
+
+    pub(crate) fn set_stats(&mut self, stats: Stats) {
+        self.shared_mut().stats = Some(stats);
+    }
+
     pub(crate) fn set_on_retry(&mut self, f: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) {
-        self.on_retry = Some(Arc::new(f));
+        self.shared_mut().on_retry = Some(Arc::new(f));
     }
 
     /// The budget's say, then the callback, just before a retry is sent.
+    #[inline]
     pub(crate) fn permit_retry(&self, attempt: &Attempt, failure: &Failure) -> Result<(), Reason> {
-        if let Some(budget) = &self.budget
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if let Some(budget) = &shared.budget
             && !budget.withdraw()
         {
             return Err(Reason::Budget);
         }
-        if let Some(cb) = &self.on_retry {
+        if let Some(cb) = &shared.on_retry {
             cb(&RetryEvent {
                 attempt,
                 failure,
@@ -61,13 +86,17 @@ impl Common {
     }
 
     /// Deposits a success into the budget and records the request.
+    #[inline]
     pub(crate) fn finish(&self, report: &Report) {
-        if let Some(budget) = &self.budget
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if let Some(budget) = &shared.budget
             && report.reason() == Reason::Success
         {
             budget.deposit();
         }
-        if let Some(stats) = &self.stats {
+        if let Some(stats) = &shared.stats {
             stats.record(report);
         }
     }

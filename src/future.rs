@@ -41,8 +41,10 @@ pin_project! {
     /// it allocates nothing of its own: the only work beyond the inner call
     /// is the policy's [`replay`](Policy::replay) of the request (free for a
     /// `Copy` request, a reference-count bump for a buffered HTTP body, plus
-    /// whatever cloning the request's headers costs). The failure record
-    /// and the tracing span are created on the first failure.
+    /// whatever cloning the request's headers costs). Everything only a
+    /// failed attempt needs (the failure record, the result held during a
+    /// delay, the tracing span, the timer) lives in one box allocated on the
+    /// first failure, so the future a success moves around stays small.
     ///
     /// Dropping it at any point (during a call, a delay or a recovery) stops
     /// the loop: no further attempt is sent, no hook runs, and the timer is
@@ -61,13 +63,42 @@ pin_project! {
         policy: P,
         // The copy the next attempt (or a recovery hook) will use.
         next: Option<Req>,
-        // The result that the loop returns if it stops while waiting.
-        last: Option<Result<Res, E>>,
-        // The failure that the next attempt retries.
-        failure: Option<Failure>,
         attempt: Attempt,
-        failures: Vec<FailedAttempt>,
-        span: Span,
+        // Allocated on the first failure.
+        retrying: Option<Box<Retrying<Res, E>>>,
+    }
+}
+
+/// What a request that failed once carries through its retries.
+struct Retrying<Res, E> {
+    // The result the loop returns if it stops while waiting.
+    last: Option<Result<Res, E>>,
+    // The failure the next attempt retries.
+    failure: Option<Failure>,
+    failures: Vec<FailedAttempt>,
+    // Opened on the first failure, when a subscriber wants it.
+    span: Option<Span>,
+    // Reused (reset) for every delay of the request.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<Res, E> Retrying<Res, E> {
+    fn new() -> Self {
+        Self {
+            last: None,
+            failure: None,
+            failures: Vec::new(),
+            span: None,
+            sleep: None,
+        }
+    }
+}
+
+/// Runs `f` (a tracing event) inside the request's span, if it has one.
+fn in_span(span: &Option<Span>, f: impl FnOnce()) {
+    match span {
+        Some(span) => span.in_scope(f),
+        None => f(),
     }
 }
 
@@ -75,7 +106,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, R> {
         Calling { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        Waiting,
         Recovering { #[pin] future: R, class: Class },
         Readying,
         NoAttempts,
@@ -88,6 +119,7 @@ where
     S: Service<Req, Future = F, Response = Res, Error = E>,
     P: Policy<Req, Res, E, Recover = R>,
 {
+    #[inline]
     pub(crate) fn new(mut service: S, mut policy: P, req: Req) -> Self {
         let max = policy.max_attempts();
         // Attempt 0 of 0: nothing is ever sent.
@@ -109,11 +141,8 @@ where
             service,
             policy,
             next,
-            last: None,
-            failure: None,
             attempt,
-            failures: Vec::new(),
-            span: Span::none(),
+            retrying: None,
         }
     }
 }
@@ -164,24 +193,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let step = {
-                let _entered = this.span.enter();
-                match this.state.as_mut().project() {
-                    StateProj::Calling { future } => Step::Finished(ready!(future.poll(cx))),
-                    StateProj::Waiting { sleep } => {
-                        ready!(sleep.poll(cx));
-                        Step::Slept
-                    }
-                    StateProj::Recovering { future, class } => {
-                        let class = *class;
-                        Step::Recovered(ready!(future.poll(cx)), class)
-                    }
-                    StateProj::Readying => Step::Ready(ready!(this.service.poll_ready(cx))),
-                    StateProj::NoAttempts => Step::NoAttempts,
-                    StateProj::Done => {
-                        panic!("tower_ollama_retry::ResponseFuture polled after completion")
-                    }
+            let step = match this.retrying.as_deref() {
+                // The success path: no span, nothing to enter or drop.
+                None => poll_state(this.state.as_mut(), this.service, None, cx),
+                Some(r) => {
+                    let span = r.span.clone();
+                    let _entered = span.as_ref().map(Span::enter);
+                    let sleep = this.retrying.as_mut().and_then(|r| r.sleep.as_mut());
+                    poll_state(this.state.as_mut(), this.service, sleep, cx)
                 }
+            };
+            let Poll::Ready(step) = step else {
+                return Poll::Pending;
             };
 
             let attempt: &mut Attempt = this.attempt;
@@ -192,16 +215,16 @@ where
                     let recover = matches!(decision, Decision::Recover(_));
                     match decision {
                         Decision::Success => {
-                            if !this.failures.is_empty() {
-                                this.span.in_scope(|| {
+                            if this.retrying.is_some() {
+                                in_span(span_of(this.retrying), || {
                                     tracing::info!(attempt = attempt.number, "retry_succeeded")
                                 });
                             }
                             (Some(result), None, Reason::Success)
                         }
                         Decision::Fatal(failure) => {
-                            record(this.failures, this.span, attempt, &failure);
-                            this.span.in_scope(|| {
+                            record(this.retrying, attempt, &failure);
+                            in_span(span_of(this.retrying), || {
                                 tracing::debug!(
                                     attempt = attempt.number,
                                     class = %failure.class(),
@@ -212,19 +235,11 @@ where
                             (Some(result), None, Reason::Fatal)
                         }
                         Decision::Retry(failure) | Decision::Recover(failure) => {
-                            record(this.failures, this.span, attempt, &failure);
-                            match schedule(
-                                this.policy,
-                                this.next,
-                                this.failures,
-                                this.span,
-                                attempt,
-                                &failure,
-                                recover,
-                            ) {
+                            let r = record(this.retrying, attempt, &failure);
+                            match schedule(this.policy, this.next, r, attempt, &failure, recover) {
                                 Ok(next_state) => {
-                                    *this.last = Some(result);
-                                    *this.failure = Some(failure);
+                                    r.last = Some(result);
+                                    r.failure = Some(failure);
                                     this.state.set(next_state);
                                     continue;
                                 }
@@ -240,26 +255,28 @@ where
                 Step::Recovered(outcome, class) => {
                     attempt.recoveries = attempt.recoveries.saturating_add(1);
                     let [_, complete, failed] = recovery_names(class);
+                    let r = retrying(this.retrying);
                     match outcome {
                         Err(e) => {
-                            this.span.in_scope(|| {
-                                tracing::error!(attempt = attempt.number, error = %e, "{failed}")
-                            });
+                            in_span(
+                                &r.span,
+                                || tracing::error!(attempt = attempt.number, error = %e, "{failed}"),
+                            );
                             // The hook's error ends the request; the failed
                             // attempt's result is dropped, as in CodeWorm.
-                            this.last.take();
+                            r.last.take();
                             (None, Some(e), Reason::RecoveryFailed)
                         }
                         Ok(()) => {
-                            this.span.in_scope(|| {
+                            in_span(&r.span, || {
                                 tracing::info!(attempt = attempt.number, "{complete}")
                             });
                             if attempt.is_last() {
-                                (this.last.take(), None, exhausted(this.span, attempt))
+                                (r.last.take(), None, exhausted(&r.span, attempt))
                             } else if let Some(reason) =
                                 past_deadline(this.policy, attempt, Duration::ZERO)
                             {
-                                (this.last.take(), None, reason)
+                                (r.last.take(), None, reason)
                             } else {
                                 this.state.set(State::Readying);
                                 continue;
@@ -269,38 +286,36 @@ where
                 }
                 Step::Ready(Err(e)) => (Some(Err(e)), None, Reason::Readiness),
                 Step::Ready(Ok(())) => {
+                    let r = retrying(this.retrying);
                     let mut upcoming = *attempt;
                     upcoming.number = upcoming.number.saturating_add(1);
-                    let failure = this
-                        .failure
-                        .take()
-                        .unwrap_or(Failure::new(Class::Transient));
+                    let failure = r.failure.take().unwrap_or(Failure::new(Class::Transient));
                     // The copy first, then the budget: a retry that cannot
                     // be sent must cost no token.
                     match this.next.take() {
-                        None => (this.last.take(), None, Reason::NotReplayable),
+                        None => (r.last.take(), None, Reason::NotReplayable),
                         Some(req) => match this.policy.permit_retry(&upcoming, &failure) {
                             Err(reason) => {
-                                this.span.in_scope(|| {
+                                in_span(&r.span, || {
                                     tracing::warn!(
                                         attempt = upcoming.number,
                                         reason = reason.as_str(),
                                         "retry_denied"
                                     )
                                 });
-                                (this.last.take(), None, reason)
+                                (r.last.take(), None, reason)
                             }
                             Ok(()) => {
                                 if attempt.started.is_some() {
                                     upcoming.sent_at = Some(Instant::now());
                                 }
                                 *attempt = upcoming;
-                                if !this.span.is_none() {
+                                if r.span.is_some() {
                                     // A span per attempt, so that every event
                                     // under it names the attempt it belongs to.
-                                    *this.span = attempt_span(&upcoming);
+                                    r.span = Some(attempt_span(&upcoming));
                                 }
-                                this.last.take();
+                                r.last.take();
                                 *this.next = this.policy.replay(&req);
                                 let future = this.service.call(req);
                                 this.state.set(State::Calling { future });
@@ -311,15 +326,56 @@ where
                 }
             };
             this.state.set(State::Done);
+            let failures = this.retrying.take().map(|r| r.failures).unwrap_or_default();
             return Poll::Ready(finish(
                 this.policy,
-                this.failures,
+                failures,
                 attempt,
                 last,
                 recovery_error,
                 reason,
             ));
         }
+    }
+}
+
+/// Polls the current state once.
+#[inline]
+fn poll_state<S, Req, F, R, Res, E>(
+    state: Pin<&mut State<F, R>>,
+    service: &mut S,
+    sleep: Option<&mut Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Step<Res, E, crate::BoxError>>
+where
+    S: Service<Req, Future = F, Response = Res, Error = E>,
+    F: Future<Output = Result<Res, E>>,
+    R: Future<Output = Result<(), crate::BoxError>>,
+{
+    Poll::Ready(match state.project() {
+        StateProj::Calling { future } => Step::Finished(ready!(future.poll(cx))),
+        StateProj::Waiting => {
+            if let Some(sleep) = sleep {
+                ready!(sleep.as_mut().poll(cx));
+            }
+            Step::Slept
+        }
+        StateProj::Recovering { future, class } => {
+            let class = *class;
+            Step::Recovered(ready!(future.poll(cx)), class)
+        }
+        StateProj::Readying => Step::Ready(ready!(service.poll_ready(cx))),
+        StateProj::NoAttempts => Step::NoAttempts,
+        StateProj::Done => panic!("tower_ollama_retry::ResponseFuture polled after completion"),
+    })
+}
+
+/// The span of a request that failed before, if any.
+fn span_of<Res, E>(r: &Option<Box<Retrying<Res, E>>>) -> &Option<Span> {
+    const NONE: &Option<Span> = &None;
+    match r {
+        Some(r) => &r.span,
+        None => NONE,
     }
 }
 
@@ -331,30 +387,40 @@ fn attempt_span(attempt: &Attempt) -> Span {
     )
 }
 
-/// Notes a failed attempt, and opens the request's span on its first one
-/// (never on the success path).
-fn record(
-    failures: &mut Vec<FailedAttempt>,
-    span: &mut Span,
+/// The retry state of a request that has failed before.
+fn retrying<Res, E>(slot: &mut Option<Box<Retrying<Res, E>>>) -> &mut Retrying<Res, E> {
+    slot.get_or_insert_with(|| Box::new(Retrying::new()))
+}
+
+/// Notes a failed attempt; the first one allocates the retry state and opens
+/// the request's span (never on the success path).
+fn record<'a, Res, E>(
+    slot: &'a mut Option<Box<Retrying<Res, E>>>,
     attempt: &Attempt,
     failure: &Failure,
-) {
-    if span.is_none() && tracing::enabled!(Level::INFO) {
-        *span = attempt_span(attempt);
+) -> &'a mut Retrying<Res, E> {
+    let r = retrying(slot);
+    if r.span.is_none() && tracing::enabled!(Level::INFO) {
+        r.span = Some(attempt_span(attempt));
     }
     if failure.class() == Class::Oom {
-        span.in_scope(|| tracing::warn!(attempt = attempt.number, "model_oom_detected"));
+        in_span(&r.span, || {
+            tracing::warn!(attempt = attempt.number, "model_oom_detected")
+        });
     }
-    failures.push(FailedAttempt {
+    r.failures.push(FailedAttempt {
         number: attempt.number,
         class: failure.class(),
         delay: Duration::ZERO,
         recovered: false,
     });
+    r
 }
 
-fn exhausted(span: &Span, attempt: &Attempt) -> Reason {
-    span.in_scope(|| tracing::warn!(attempts = attempt.number, "retries_exhausted"));
+fn exhausted(span: &Option<Span>, attempt: &Attempt) -> Reason {
+    in_span(span, || {
+        tracing::warn!(attempts = attempt.number, "retries_exhausted")
+    });
     Reason::Exhausted
 }
 
@@ -374,8 +440,7 @@ where
 fn schedule<F, P, Req, Res, E>(
     policy: &mut P,
     next: &mut Option<Req>,
-    failures: &mut [FailedAttempt],
-    span: &Span,
+    r: &mut Retrying<Res, E>,
     attempt: &mut Attempt,
     failure: &Failure,
     recover: bool,
@@ -384,18 +449,22 @@ where
     P: Policy<Req, Res, E>,
 {
     let n = attempt.number;
+    let span = r.span.clone();
     if recover {
         // The hook may run after the last attempt too (CodeWorm does); the
         // loop then ends once it is done.
         let Some(req) = next.as_mut() else {
             return Err(Reason::NotReplayable);
         };
-        if let Some(f) = failures.last_mut() {
+        if let Some(f) = r.failures.last_mut() {
             f.recovered = true;
         }
         attempt.last_delay = Duration::ZERO;
         let [attempting, _, _] = recovery_names(failure.class());
-        span.in_scope(|| tracing::info!(attempt = n, class = %failure.class(), "{attempting}"));
+        in_span(
+            &span,
+            || tracing::info!(attempt = n, class = %failure.class(), "{attempting}"),
+        );
         let future = policy.recover(attempt, failure, req);
         return Ok(State::Recovering {
             future,
@@ -403,14 +472,14 @@ where
         });
     }
     if attempt.is_last() {
-        return Err(exhausted(span, attempt));
+        return Err(exhausted(&span, attempt));
     }
     if next.is_none() {
         return Err(Reason::NotReplayable);
     }
     let delay = policy.backoff(attempt, failure);
     if let Some(reason) = past_deadline(policy, attempt, delay) {
-        span.in_scope(|| {
+        in_span(&span, || {
             tracing::warn!(
                 attempt = n,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -419,12 +488,12 @@ where
         });
         return Err(reason);
     }
-    if let Some(f) = failures.last_mut() {
+    if let Some(f) = r.failures.last_mut() {
         f.delay = delay;
     }
     attempt.total_delay = attempt.total_delay.saturating_add(delay);
     attempt.last_delay = delay;
-    span.in_scope(|| {
+    in_span(&span, || {
         tracing::info!(
             attempt = n,
             class = %failure.class(),
@@ -433,17 +502,26 @@ where
         )
     });
     if delay.is_zero() {
-        Ok(State::Readying)
-    } else {
-        Ok(State::Waiting {
-            sleep: tokio::time::sleep(delay),
-        })
+        // No timer at all: an immediate retry needs no runtime.
+        return Ok(State::Readying);
     }
+    // tokio's own `sleep` saturates a huge delay the same way (its "far
+    // future" is about 30 years away); adding would panic.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+    match &mut r.sleep {
+        Some(sleep) => sleep.as_mut().reset(deadline),
+        slot @ None => *slot = Some(Box::pin(tokio::time::sleep_until(deadline))),
+    }
+    Ok(State::Waiting)
 }
 
+#[inline]
 fn finish<P, Req, Res, E>(
     policy: &mut P,
-    failures: &mut Vec<FailedAttempt>,
+    failures: Vec<FailedAttempt>,
     attempt: &Attempt,
     last: Option<Result<Res, E>>,
     recovery_error: Option<crate::BoxError>,
@@ -454,7 +532,7 @@ where
 {
     let report = Report {
         attempts: attempt.number,
-        failures: std::mem::take(failures),
+        failures,
         total_delay: attempt.total_delay,
         recoveries: attempt.recoveries,
         reason,

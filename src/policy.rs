@@ -129,6 +129,7 @@ impl<Res, E> Finished<Res, E> {
     }
 
     /// Splits into the last result, the recovery error and the report.
+    #[inline]
     pub fn into_parts(self) -> (Option<Result<Res, E>>, Option<BoxError>, Report) {
         (self.last, self.recovery_error, self.report)
     }
@@ -136,6 +137,7 @@ impl<Res, E> Finished<Res, E> {
     /// The standard ending: a response comes back as it is, and anything
     /// else becomes a [`RetryError`] that carries the report and the last
     /// underlying error.
+    #[inline]
     pub fn into_result(self) -> Result<Res, RetryError>
     where
         E: Into<BoxError>,

@@ -79,6 +79,7 @@ where
     type Error = P::Error;
     type Future = ResponseFuture<S, P, Req>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.inner.poll_ready(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(self.policy.readiness_error(e))),
@@ -87,6 +88,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         // The ready instance goes with this request; a clone stays behind
         // for the next `poll_ready`.

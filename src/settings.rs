@@ -28,6 +28,7 @@ impl Settings {
     }
 
     /// The server's hint or the backoff's delay, capped.
+    #[inline]
     pub(crate) fn delay<B: Backoff>(
         &self,
         backoff: &mut B,
@@ -38,6 +39,7 @@ impl Settings {
     }
 
     /// Counts a retryable failure against its class's limit.
+    #[inline]
     pub(crate) fn admit(&mut self, class: Class) -> bool {
         self.limits.admit(class)
     }
@@ -102,7 +104,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_budget(budget);\n# let _ = policy;\n```"
         )]
         pub fn with_budget(mut self, budget: crate::RetryBudget) -> Self {
-            self.settings.common.budget = Some(budget);
+            self.settings.common.set_budget(budget);
             self
         }
 
@@ -114,7 +116,7 @@ macro_rules! settings_builders {
             "assert_eq!(stats.snapshot().requests, 0);\n# let _ = policy;\n```"
         )]
         pub fn with_stats(mut self, stats: crate::Stats) -> Self {
-            self.settings.common.stats = Some(stats);
+            self.settings.common.set_stats(stats);
             self
         }
 
@@ -139,10 +141,12 @@ macro_rules! settings_builders {
 /// error type parameter is `E` and whose error is `RetryError`.
 macro_rules! settings_policy_methods {
     () => {
+        #[inline]
         fn max_attempts(&self) -> u32 {
             self.settings.max_attempts
         }
 
+        #[inline]
         fn deadline(&self) -> Option<std::time::Duration> {
             self.settings.deadline
         }

@@ -69,7 +69,7 @@ where
                 let Some(err) = e.as_std_error() else {
                     return Decision::Success;
                 };
-                Failure::new(classify_error(self.mode, err)).with_message(err.to_string())
+                Failure::new(classify_error(self.mode, err))
             }
         };
         self.decide(attempt, failure)

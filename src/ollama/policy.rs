@@ -68,6 +68,7 @@ pub struct OllamaPolicy<T = Http, R = ()> {
 }
 
 impl<T, R: Clone> Clone for OllamaPolicy<T, R> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             mode: self.mode,
@@ -180,6 +181,7 @@ impl<T, R> OllamaPolicy<T, R> {
 
     /// The loop's decision for a classified failure: shared by every
     /// transport.
+    #[inline]
     pub(crate) fn decide(&mut self, attempt: &Attempt, failure: Failure) -> Decision {
         self.last_class = failure.class();
         match failure.class() {
@@ -225,6 +227,22 @@ impl<T, R> OllamaPolicy<T, R> {
     }
 }
 
+impl<R> OllamaPolicy<Plain, R> {
+    /// The ending of a loop with no response: out of the success path's way.
+    #[cold]
+    #[inline(never)]
+    fn finish_failed<Res, E: Into<BoxError>>(
+        &self,
+        finished: Finished<Res, E>,
+    ) -> Result<Res, RetryError> {
+        let (last, recovery_error, report) = finished.into_parts();
+        let last = last.map(|r| r.map_err(Into::into));
+        let mut finished = Finished::<Res, BoxError>::new(last, report);
+        finished.recovery_error = recovery_error;
+        Err(self.final_error(finished))
+    }
+}
+
 impl<R, Req, Res, E> Policy<Req, Res, E> for OllamaPolicy<Plain, R>
 where
     R: Recover<Req>,
@@ -236,14 +254,17 @@ where
 
     settings_policy_methods!();
 
+    #[inline]
     fn measure_elapsed(&self) -> bool {
         self.settings.deadline.is_some() || self.recover.needs_clock()
     }
 
+    #[inline]
     fn replay(&mut self, req: &Req) -> Option<Req> {
         Some(req.clone())
     }
 
+    #[inline]
     fn classify(&mut self, attempt: &Attempt, result: &Result<Res, E>) -> Decision {
         let Err(e) = result else {
             return Decision::Success;
@@ -251,8 +272,9 @@ where
         let Some(err) = e.as_std_error() else {
             return Decision::Success;
         };
-        let failure = Failure::new(classify_error(self.mode, err)).with_message(err.to_string());
-        self.decide(attempt, failure)
+        // No message: the error itself stays reachable from the result, and
+        // formatting it here would allocate on every failure.
+        self.decide(attempt, Failure::new(classify_error(self.mode, err)))
     }
 
     fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
@@ -263,18 +285,14 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
+    #[inline]
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
-        let (last, recovery_error, report) = finished.into_parts();
-        let last = match last {
+        match finished.last {
             Some(Ok(res)) => {
-                self.settings.common.finish(&report);
-                return Ok(res);
+                self.settings.common.finish(&finished.report);
+                Ok(res)
             }
-            Some(Err(e)) => Some(Err(e.into())),
-            None => None,
-        };
-        let mut finished = Finished::<Res, BoxError>::new(last, report);
-        finished.recovery_error = recovery_error;
-        Err(self.final_error(finished))
+            last => self.finish_failed(Finished { last, ..finished }),
+        }
     }
 }
