@@ -75,7 +75,7 @@ struct Retrying<Res, E> {
     last: Option<Result<Res, E>>,
     // The failure the next attempt retries.
     failure: Option<Failure>,
-    failures: Vec<FailedAttempt>,
+    failures: crate::report::Failures,
     // Opened on the first failure, when a subscriber wants it.
     span: Option<Span>,
     // Reused (reset) for every delay of the request.
@@ -87,7 +87,7 @@ impl<Res, E> Retrying<Res, E> {
         Self {
             last: None,
             failure: None,
-            failures: Vec::new(),
+            failures: crate::report::Failures::new(),
             span: None,
             sleep: None,
         }
@@ -175,6 +175,8 @@ fn recovery_names(class: Class) -> [&'static str; 3] {
 /// What one poll of the current state produced.
 enum Step<Res, E, RE> {
     Finished(Result<Res, E>),
+    // A result the fast path already classified.
+    Decided(Result<Res, E>, Decision),
     Slept,
     Recovered(Result<(), RE>, Class),
     Ready(Result<(), E>),
@@ -190,17 +192,62 @@ where
 {
     type Output = Result<Res, P::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The fast path: the first attempt, nothing failed yet. Small enough
+        // to inline; everything else is in `poll_loop`.
+        let mut this = self.as_mut().project();
+        if this.retrying.is_none()
+            && let StateProj::Calling { future } = this.state.as_mut().project()
+        {
+            let result = ready!(future.poll(cx));
+            let decision = this.policy.classify(this.attempt, &result);
+            if decision == Decision::Success {
+                this.state.set(State::Done);
+                return Poll::Ready(finish(
+                    this.policy,
+                    Default::default(),
+                    this.attempt,
+                    Some(result),
+                    None,
+                    Reason::Success,
+                ));
+            }
+            return self.poll_loop(cx, Some(Step::Decided(result, decision)));
+        }
+        self.poll_loop(cx, None)
+    }
+}
+
+impl<S, P, Req, F, R, Res, E> RetryFuture<S, P, Req, F, R, Res, E>
+where
+    S: Service<Req, Future = F, Response = Res, Error = E>,
+    F: Future<Output = Result<Res, E>>,
+    P: Policy<Req, Res, E, Recover = R>,
+    R: Future<Output = Result<(), crate::BoxError>>,
+{
+    /// The whole loop, from `first` (a step already taken) or from polling
+    /// the current state.
+    #[inline(never)]
+    fn poll_loop(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut first: Option<Step<Res, E, crate::BoxError>>,
+    ) -> Poll<Result<Res, P::Error>> {
         let mut this = self.project();
         loop {
-            let step = match this.retrying.as_deref() {
-                // The success path: no span, nothing to enter or drop.
-                None => poll_state(this.state.as_mut(), this.service, None, cx),
-                Some(r) => {
-                    let span = r.span.clone();
-                    let _entered = span.as_ref().map(Span::enter);
-                    let sleep = this.retrying.as_mut().and_then(|r| r.sleep.as_mut());
-                    poll_state(this.state.as_mut(), this.service, sleep, cx)
+            let step = if let Some(step) = first.take() {
+                Poll::Ready(step)
+            } else {
+                match this.retrying.as_deref() {
+                    // The success path: no span, nothing to enter or drop.
+                    None => poll_state(this.state.as_mut(), this.service, None, cx),
+                    Some(r) => {
+                        let span = r.span.clone();
+                        let _entered = span.as_ref().map(Span::enter);
+                        let sleep = this.retrying.as_mut().and_then(|r| r.sleep.as_mut());
+                        poll_state(this.state.as_mut(), this.service, sleep, cx)
+                    }
                 }
             };
             let Poll::Ready(step) = step else {
@@ -210,8 +257,15 @@ where
             let attempt: &mut Attempt = this.attempt;
             let (last, recovery_error, reason) = match step {
                 Step::NoAttempts => (None, None, Reason::NoAttempts),
-                Step::Finished(result) => {
-                    let decision = this.policy.classify(attempt, &result);
+                step @ (Step::Finished(_) | Step::Decided(..)) => {
+                    let (result, decision) = match step {
+                        Step::Decided(result, decision) => (result, decision),
+                        Step::Finished(result) => {
+                            let decision = this.policy.classify(attempt, &result);
+                            (result, decision)
+                        }
+                        _ => unreachable!("matched above"),
+                    };
                     let recover = matches!(decision, Decision::Recover(_));
                     match decision {
                         Decision::Success => {
@@ -521,7 +575,7 @@ where
 #[inline]
 fn finish<P, Req, Res, E>(
     policy: &mut P,
-    failures: Vec<FailedAttempt>,
+    failures: crate::report::Failures,
     attempt: &Attempt,
     last: Option<Result<Res, E>>,
     recovery_error: Option<crate::BoxError>,

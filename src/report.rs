@@ -1,7 +1,13 @@
 //! The attempt report: what happened to one request, attempt by attempt.
 
 use crate::{Class, Reason};
+use smallvec::SmallVec;
 use std::time::Duration;
+
+/// The failed attempts of one request: the first inline, so that a request
+/// retried once does not allocate for its record, while a first-attempt
+/// success still moves a small report.
+pub(crate) type Failures = SmallVec<[FailedAttempt; 1]>;
 
 /// One failed attempt in a [`Report`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +44,7 @@ pub struct FailedAttempt {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub(crate) attempts: u32,
-    pub(crate) failures: Vec<FailedAttempt>,
+    pub(crate) failures: Failures,
     pub(crate) total_delay: Duration,
     pub(crate) recoveries: u32,
     pub(crate) reason: Reason,
@@ -48,7 +54,7 @@ impl Default for Report {
     fn default() -> Self {
         Self {
             attempts: 0,
-            failures: Vec::new(),
+            failures: Failures::new(),
             total_delay: Duration::ZERO,
             recoveries: 0,
             reason: Reason::Success,
