@@ -107,7 +107,8 @@ pin_project! {
     enum State<F, R> {
         Calling { #[pin] future: F },
         Waiting,
-        Recovering { #[pin] future: R, class: Class },
+        // `bounded`: the overall deadline is armed on the retry timer.
+        Recovering { #[pin] future: R, class: Class, bounded: bool },
         Readying,
         NoAttempts,
         Done,
@@ -179,6 +180,7 @@ enum Step<Res, E, RE> {
     Decided(Result<Res, E>, Decision),
     Slept,
     Recovered(Result<(), RE>, Class),
+    RecoveryPastDeadline,
     Ready(Result<(), E>),
     NoAttempts,
 }
@@ -306,6 +308,13 @@ where
                     this.state.set(State::Readying);
                     continue;
                 }
+                Step::RecoveryPastDeadline => {
+                    let r = retrying(this.retrying);
+                    in_span(&r.span, || {
+                        tracing::warn!(attempt = attempt.number, "recovery_past_deadline")
+                    });
+                    (r.last.take(), None, Reason::Deadline)
+                }
                 Step::Recovered(outcome, class) => {
                     attempt.recoveries = attempt.recoveries.saturating_add(1);
                     let [_, complete, failed] = recovery_names(class);
@@ -414,11 +423,30 @@ where
             }
             Step::Slept
         }
-        StateProj::Recovering { future, class } => {
+        StateProj::Recovering {
+            future,
+            class,
+            bounded,
+        } => {
             let class = *class;
-            Step::Recovered(ready!(future.poll(cx)), class)
+            if let Poll::Ready(outcome) = future.poll(cx) {
+                return Poll::Ready(Step::Recovered(outcome, class));
+            }
+            if let (true, Some(deadline)) = (*bounded, sleep) {
+                ready!(deadline.as_mut().poll(cx));
+                return Poll::Ready(Step::RecoveryPastDeadline);
+            }
+            return Poll::Pending;
         }
-        StateProj::Readying => Step::Ready(ready!(service.poll_ready(cx))),
+        StateProj::Readying => {
+            // A run of immediate retries must not starve the executor:
+            // tokio's cooperative budget makes a long one yield (and is a
+            // no-op outside a runtime).
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            let ready = ready!(service.poll_ready(cx));
+            coop.made_progress();
+            Step::Ready(ready)
+        }
         StateProj::NoAttempts => Step::NoAttempts,
         StateProj::Done => panic!("tower_ollama_retry::ResponseFuture polled after completion"),
     })
@@ -462,12 +490,16 @@ fn record<'a, Res, E>(
             tracing::warn!(attempt = attempt.number, "model_oom_detected")
         });
     }
-    r.failures.push(FailedAttempt {
-        number: attempt.number,
-        class: failure.class(),
-        delay: Duration::ZERO,
-        recovered: false,
-    });
+    // A policy allowing millions of immediate attempts must not grow the
+    // record without bound; the report keeps the first ones.
+    if r.failures.len() < crate::report::MAX_RECORDED_FAILURES {
+        r.failures.push(FailedAttempt {
+            number: attempt.number,
+            class: failure.class(),
+            delay: Duration::ZERO,
+            recovered: false,
+        });
+    }
     r
 }
 
@@ -514,6 +546,17 @@ where
             f.recovered = true;
         }
         attempt.last_delay = Duration::ZERO;
+        if let Some(reason) = past_deadline(policy, attempt, Duration::ZERO) {
+            return Err(reason);
+        }
+        // A recovery has no known length: race it against the deadline.
+        let bounded = match (policy.deadline(), attempt.started) {
+            (Some(deadline), Some(started)) => {
+                arm(&mut r.sleep, started, deadline);
+                true
+            }
+            _ => false,
+        };
         let [attempting, _, _] = recovery_names(failure.class());
         in_span(
             &span,
@@ -523,6 +566,7 @@ where
         return Ok(State::Recovering {
             future,
             class: failure.class(),
+            bounded,
         });
     }
     if attempt.is_last() {
@@ -559,17 +603,21 @@ where
         // No timer at all: an immediate retry needs no runtime.
         return Ok(State::Readying);
     }
-    // tokio's own `sleep` saturates a huge delay the same way (its "far
-    // future" is about 30 years away); adding would panic.
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(delay)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
-    match &mut r.sleep {
-        Some(sleep) => sleep.as_mut().reset(deadline),
-        slot @ None => *slot = Some(Box::pin(tokio::time::sleep_until(deadline))),
-    }
+    arm(&mut r.sleep, Instant::now(), delay);
     Ok(State::Waiting)
+}
+
+/// Sets the request's one timer to `from + after`, creating it the first
+/// time. tokio's own `sleep` saturates a huge delay the same way (its "far
+/// future" is about 30 years away); plain adding would panic.
+fn arm(sleep: &mut Option<Pin<Box<Sleep>>>, from: Instant, after: Duration) {
+    let at = from
+        .checked_add(after)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400));
+    match sleep {
+        Some(sleep) => sleep.as_mut().reset(at),
+        None => *sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
 }
 
 #[inline]

@@ -88,7 +88,7 @@ pub use layer::RetryLayer;
 pub use ollama::{OllamaError, OllamaErrorKind, OllamaPolicy};
 pub use policy::{Finished, Policy};
 pub use recover::{Recover, recover_fn};
-pub use report::{FailedAttempt, Report};
+pub use report::{FailedAttempt, MAX_RECORDED_FAILURES, Report};
 pub use service::Retry;
 pub use stats::{Stats, StatsSnapshot};
 

@@ -7,6 +7,10 @@ use std::time::Duration;
 /// The failed attempts of one request: the first inline, so that a request
 /// retried once does not allocate for its record, while a first-attempt
 /// success still moves a small report.
+/// How many failed attempts a report records; later ones are counted in
+/// [`Report::attempts`] only.
+pub const MAX_RECORDED_FAILURES: usize = 1024;
+
 pub(crate) type Failures = SmallVec<[FailedAttempt; 1]>;
 
 /// One failed attempt in a [`Report`].
@@ -68,7 +72,8 @@ impl Report {
         self.attempts
     }
 
-    /// Every attempt that failed, in order, with its class, delay and recovery.
+    /// Every attempt that failed, in order, with its class, delay and
+    /// recovery (the first [`MAX_RECORDED_FAILURES`] of them).
     pub fn failures(&self) -> &[FailedAttempt] {
         &self.failures
     }

@@ -420,3 +420,64 @@ async fn success_on_the_first_attempt_comes_back_untouched() {
     let pinned: Pin<Box<_>> = Box::pin(fut);
     assert_eq!(pinned.await.unwrap(), 40);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn immediate_retries_yield_to_the_executor() {
+    // u32::MAX attempts with no delay against a service that always fails:
+    // the loop must let other tasks run, and an outer timeout must fire.
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let svc = RetryLayer::new(
+        OllamaPolicy::plain()
+            .with_retry_delay(Duration::ZERO)
+            .with_max_attempts(u32::MAX),
+    )
+    .layer(tower::service_fn(move |_: ()| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        async { Err::<(), _>(OllamaError::timeout("slow")) }
+    }));
+    let other = tokio::spawn(async { 42 });
+    let out = tokio::time::timeout(Duration::from_millis(100), svc.oneshot(())).await;
+    assert!(out.is_err(), "the outer timeout fired");
+    assert_eq!(other.await.unwrap(), 42, "the other task ran");
+    assert!(calls.load(Ordering::Relaxed) > 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failure_record_is_bounded() {
+    let svc = RetryLayer::new(
+        OllamaPolicy::plain()
+            .with_retry_delay(Duration::ZERO)
+            .with_max_attempts(5000),
+    )
+    .layer(tower::service_fn(|_: ()| async {
+        Err::<(), _>(OllamaError::timeout("slow"))
+    }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    assert_eq!(err.attempts(), 5000);
+    assert_eq!(
+        err.report().failures().len(),
+        tower_ollama_retry::MAX_RECORDED_FAILURES
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_a_recovery() {
+    let policy = OllamaPolicy::plain()
+        .with_deadline(Duration::from_secs(1))
+        .with_recovery(recover_fn(|_: &Attempt, _: &Failure| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(())
+        }));
+    let t0 = Instant::now();
+    let err = RetryLayer::new(policy)
+        .layer(tower::service_fn(|_: ()| async {
+            Err::<(), _>(OllamaError::model("out of memory"))
+        }))
+        .oneshot(())
+        .await
+        .unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    assert_eq!(err.reason(), Reason::Deadline);
+    assert_eq!(err.attempts(), 1);
+}

@@ -278,7 +278,11 @@ where
             Ok(res) if self.statuses.contains(res.status().as_u16()) => {
                 let failure = Failure::new(status_class(res.status()))
                     .with_hint_opt(retry_after_header(res.headers()))
-                    .with_message(res.status().canonical_reason().unwrap_or("retryable status"));
+                    .with_message(
+                        res.status()
+                            .canonical_reason()
+                            .unwrap_or("retryable status"),
+                    );
                 self.gate(failure, true)
             }
             Ok(_) => Decision::Success,
