@@ -515,3 +515,26 @@ async fn an_attempt_sent_after_a_finished_recovery_gets_its_own() {
     assert_eq!(unload_count(&fake), 2, "{:?}", kinds(&fake));
     assert_eq!(fake.generation_count(), 4);
 }
+
+#[tokio::test]
+async fn huge_settle_and_poll_settings_do_not_panic() {
+    let fake = FakeOllama::start().await.unwrap();
+    fake.push_many([Reply::error(500, "CUDA error: out of memory"), Reply::Ok]);
+    let recovery = OllamaRecovery::new()
+        .with_settle(Duration::MAX)
+        .with_poll_interval(Duration::MAX);
+    let layer = HttpRetryLayer::new(
+        OllamaPolicy::default()
+            .with_retry_delay(Duration::from_millis(5))
+            .with_recovery(recovery),
+    );
+    let svc = common::stack(layer, Duration::from_secs(5), common::client());
+    let got = common::call(
+        &svc,
+        common::generate(&fake.url(), common::codeworm_body("p")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(common::unload_count(&fake), 1);
+}

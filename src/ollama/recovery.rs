@@ -234,11 +234,17 @@ impl OllamaRecovery {
                 let inner = self.inner.clone();
                 let model = target.model.clone();
                 let task = tokio::spawn(async move {
+                    // Clears the slot however the task ends, a panic or an
+                    // abort included, so that a model's recovery can never
+                    // stay stuck "in flight".
+                    let mut guard = InFlight {
+                        inner: inner.clone(),
+                        model,
+                        done: false,
+                    };
                     let result = recover(&inner, &target, &base).await;
-                    let mut models = inner.models.lock().unwrap_or_else(|p| p.into_inner());
-                    let state = models.entry(model).or_default();
-                    state.in_flight = None;
-                    state.last_done = Some(Instant::now());
+                    guard.done = true;
+                    drop(guard);
                     result.map_err(|e| Arc::<str>::from(e.to_string()))
                 });
                 let shared = async move {
@@ -256,6 +262,31 @@ impl OllamaRecovery {
         drop(models);
         async move { shared.await.map_err(|e| BoxError::from(e.to_string())) }.boxed()
     }
+}
+
+/// Ends a model's recovery in the shared state when dropped.
+struct InFlight {
+    inner: Arc<Inner>,
+    model: String,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut models = self.inner.models.lock().unwrap_or_else(|p| p.into_inner());
+        let state = models.entry(std::mem::take(&mut self.model)).or_default();
+        state.in_flight = None;
+        if self.done {
+            state.last_done = Some(Instant::now());
+        }
+    }
+}
+
+/// `now + d`, or far in the future when that does not fit.
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// The base URI (scheme and authority) of `uri`, or `fallback`.
@@ -326,14 +357,14 @@ async fn recover(inner: &Inner, target: &Target, base: &Uri) -> Result<(), BoxEr
         return Ok(());
     }
     let ps = endpoint(base, "/api/ps")?;
-    let deadline = Instant::now() + inner.settle;
+    let deadline = later(inner.settle);
     loop {
         let body = send(inner, Method::GET, ps.clone(), None).await?;
         if !lists_model(&body, &target.model) {
             tracing::info!(model = %target.model, "model unloaded");
             return Ok(());
         }
-        if Instant::now() + inner.poll_interval > deadline {
+        if later(inner.poll_interval) > deadline {
             tracing::warn!(model = %target.model, settle_ms = inner.settle.as_millis() as u64,
                 "model still loaded after the settle time; retrying anyway");
             return Ok(());
