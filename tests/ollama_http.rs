@@ -666,35 +666,22 @@ async fn a_500_body_cut_mid_peek_is_fatal_in_codeworm_mode() {
         ms(2000),
         fresh_client(),
     );
-    let res = svc
+    // A response whose body broke cannot be handed on (a proxy would send
+    // its head and then nothing): the loop ends with that failure.
+    let err = svc
         .oneshot(generate(&url, codeworm_body(PROMPT)))
         .await
-        .expect("the failed response comes back as it came");
-    assert_eq!(res.status(), 500);
-    let report = res
-        .extensions()
-        .get::<tower_ollama_retry::Report>()
-        .cloned()
-        .unwrap();
-    assert_eq!(report.attempts(), 1);
-    assert_eq!(report.reason(), Reason::Fatal);
+        .expect_err("a broken body ends the request as an error");
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.reason(), Reason::Fatal);
+    assert!(
+        err.to_string()
+            .contains("500 Internal Server Error: the response body failed"),
+        "{err}"
+    );
     // Even though the prefix says "out of", the broken body is a transport
     // failure, which CodeWorm never retries (and never recovers from).
     assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let mut body = res.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert!(first.starts_with(br#"{"error":"llama runner"#), "{first:?}");
-    let mut failed = false;
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            failed = true;
-            break;
-        }
-    }
-    assert!(
-        failed,
-        "the caller receives the body error after the prefix"
-    );
     assert_eq!(served.load(Ordering::SeqCst), 1);
 }
 
@@ -1087,4 +1074,47 @@ async fn a_success_after_retries_carries_the_report() {
         .unwrap();
     assert_eq!(got.status, 200);
     assert!(got.report.is_none());
+}
+
+/// A raw server that sends a 500 head and the start of an error body, then
+/// stalls with the connection open.
+async fn stalled_500_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            if read_request(&mut sock).await.is_none() {
+                continue;
+            }
+            let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"error\":";
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.flush().await;
+            open.push(sock);
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_stalled_error_body_times_out_instead_of_hanging() {
+    let url = stalled_500_server().await;
+    let svc = stack(
+        HttpRetryLayer::new(default_mode(ms(10)).with_deadline(Duration::from_secs(20)))
+            .with_peek_timeout(ms(100)),
+        ms(5000),
+        fresh_client(),
+    );
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        svc.oneshot(generate(&url, codeworm_body(PROMPT))),
+    )
+    .await
+    .expect("no hang")
+    .expect_err("every attempt stalls");
+    assert_eq!(err.attempts(), 3, "a stalled body is a transient failure");
+    assert_eq!(err.reason(), Reason::Exhausted);
+    assert!(err.to_string().contains("stalled"), "{err}");
+    assert!(started.elapsed() >= ms(300));
 }

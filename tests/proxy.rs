@@ -284,6 +284,15 @@ fn cli_errors_are_clap_errors() {
     assert_eq!(e.kind(), ErrorKind::ValueValidation);
     assert!(e.to_string().contains("plain http"), "{e}");
     assert_eq!(bad(&["--frobnicate"]).kind(), ErrorKind::UnknownArgument);
+    // A zero timeout would fail every attempt before it started.
+    assert_eq!(
+        bad(&["--attempt-timeout", "0s"]).kind(),
+        ErrorKind::ValueValidation
+    );
+    assert_eq!(
+        bad(&["--connect-timeout", "0ms"]).kind(),
+        ErrorKind::ValueValidation
+    );
     // The exit code clap uses for these is 2, not a panic.
     assert_eq!(bad(&["--retry-delay", "2"]).exit_code(), 2);
 }

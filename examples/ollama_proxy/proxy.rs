@@ -75,11 +75,11 @@ pub struct Config {
     pub retry_delay: Duration,
 
     /// The bound on one attempt, until the upstream's response head arrives.
-    #[arg(long, value_name = "DUR", default_value = "600s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "600s", value_parser = positive_duration)]
     pub attempt_timeout: Duration,
 
     /// The bound on establishing one TCP connection to the upstream.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = positive_duration)]
     pub connect_timeout: Duration,
 
     /// OOM recovery's settle time: CodeWorm's fixed sleep after the unload,
@@ -206,16 +206,27 @@ pub fn router(config: &Config) -> Router {
     Router::new().fallback(forward).with_state(proxy)
 }
 
+/// A human duration (`2s`, `150ms`) that is not zero: a zero timeout would
+/// fail every attempt before it started.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the pre-standard ones proxies also drop.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// plus the pre-standard ones proxies also drop. `Trailer` is not among them:
+/// it announces the message's trailers, and hyper only sends the trailers it
+/// names, so dropping it would drop them.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

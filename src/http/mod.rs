@@ -95,7 +95,9 @@ pub use response::already_retried;
 pub use stack::HttpRetryLayer;
 
 #[doc(no_inline)]
-pub use peek::{DEFAULT_PEEK_LIMIT, PeekBody, PeekFuture, PeekLayer, PeekService};
+pub use peek::{
+    DEFAULT_PEEK_LIMIT, DEFAULT_PEEK_TIMEOUT, PeekBody, PeekFuture, PeekLayer, PeekService,
+};
 #[doc(no_inline)]
 pub use replay::{
     DEFAULT_REPLAY_LIMIT, ReplayBody, ReplayFuture, ReplayLayer, ReplayService, replay_request,

@@ -67,6 +67,15 @@ impl<P> HttpRetryLayer<P> {
         self
     }
 
+    /// How long reading a failed response's body for the policy may take
+    /// (default [`DEFAULT_PEEK_TIMEOUT`](super::DEFAULT_PEEK_TIMEOUT)). The
+    /// per-attempt timeout below this layer bounds only the wait for the
+    /// response head.
+    pub fn with_peek_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.peek = self.peek.with_timeout(timeout);
+        self
+    }
+
     /// The policy.
     pub fn policy(&self) -> &P {
         self.retry.policy()

@@ -96,6 +96,18 @@ where
         let last = match last {
             // A response, even a failed one, goes back as it came: status,
             // headers and every body byte.
+            // A body that broke while being peeked cannot be handed on: a
+            // proxy would send the head and then nothing. The loop ends with
+            // that failure instead.
+            Some(Ok(res)) if res.body().peek_error().is_some() => {
+                let error = res.body().peek_error().map(|e| e.to_string());
+                let error = format!(
+                    "{}: the response body failed: {}",
+                    res.status(),
+                    error.unwrap_or_default()
+                );
+                Some(Err(BoxError::from(error)))
+            }
             Some(Ok(mut res)) if report.reason() != Reason::RecoveryFailed => {
                 self.settings.common.finish(&report);
                 attach_report(&mut res, report);

@@ -18,6 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 pin_project! {
     /// The response future of [`PeekService`](super::PeekService).
@@ -34,6 +35,7 @@ pin_project! {
         #[pin]
         state: State<F, B>,
         limit: usize,
+        timeout: Duration,
     }
 }
 
@@ -56,6 +58,10 @@ struct Peek<B> {
     frames: Vec<Bytes>,
     len: usize,
     limit: usize,
+    // The peek's own bound: it runs above any per-attempt timeout, so a
+    // stalled error body must not hang the request. `None` outside tokio.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
 }
 
 /// How the peek ended.
@@ -68,10 +74,11 @@ enum Outcome {
 }
 
 impl<F, B> PeekFuture<F, B> {
-    pub(super) fn new(future: F, limit: usize) -> Self {
+    pub(super) fn new(future: F, limit: usize, timeout: Duration) -> Self {
         Self {
             state: State::Calling { future },
             limit,
+            timeout,
         }
     }
 }
@@ -85,7 +92,23 @@ where
     /// `len < limit` on entry.
     fn poll_peek(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         loop {
-            let frame = match ready!(self.body.as_mut().poll_frame(cx)) {
+            let frame = match self.body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if let Some(timer) = &mut self.timer {
+                        ready!(timer.as_mut().poll(cx));
+                        return Poll::Ready(Outcome::Error(
+                            format!(
+                                "the response body stalled: {} bytes read in {:?}",
+                                self.len, self.timeout
+                            )
+                            .into(),
+                        ));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let frame = match frame {
                 None => return Poll::Ready(Outcome::End(None)),
                 Some(Err(e)) => return Poll::Ready(Outcome::Error(e.into())),
                 Some(Ok(frame)) => frame,
@@ -177,12 +200,17 @@ where
                         let body = PeekBody::peeked(Bytes::new(), None, true, Rest::Done);
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }
+                    let timer = tokio::runtime::Handle::try_current()
+                        .is_ok()
+                        .then(|| Box::pin(tokio::time::sleep(*this.timeout)));
                     let peek = Peek {
                         parts,
                         body: Box::pin(body),
                         frames: Vec::new(),
                         len: 0,
                         limit: *this.limit,
+                        timer,
+                        timeout: *this.timeout,
                     };
                     this.state.set(State::Peeking { peek });
                 }

@@ -1,6 +1,7 @@
 //! [`PeekLayer`]: wraps services in [`PeekService`].
 
-use super::{DEFAULT_PEEK_LIMIT, PeekService};
+use super::{DEFAULT_PEEK_LIMIT, DEFAULT_PEEK_TIMEOUT, PeekService};
+use std::time::Duration;
 use tower_layer::Layer;
 
 /// Wraps services in [`PeekService`], which reads the first bytes of each
@@ -43,6 +44,7 @@ use tower_layer::Layer;
 #[derive(Clone, Debug)]
 pub struct PeekLayer {
     limit: usize,
+    timeout: Duration,
 }
 
 impl PeekLayer {
@@ -50,6 +52,7 @@ impl PeekLayer {
     pub const fn new() -> Self {
         Self {
             limit: DEFAULT_PEEK_LIMIT,
+            timeout: DEFAULT_PEEK_TIMEOUT,
         }
     }
 
@@ -63,6 +66,20 @@ impl PeekLayer {
     pub const fn limit(&self) -> usize {
         self.limit
     }
+
+    /// Gives up reading a failed response's body after `timeout` (default
+    /// [`DEFAULT_PEEK_TIMEOUT`]): the peek runs above a per-attempt timeout,
+    /// so without its own bound a stalled error body would hang the request.
+    /// A stalled peek counts as a broken body (a transport failure).
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a peek may take.
+    pub const fn timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 impl Default for PeekLayer {
@@ -75,6 +92,8 @@ impl<S> Layer<S> for PeekLayer {
     type Service = PeekService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PeekService::new(inner).with_limit(self.limit)
+        PeekService::new(inner)
+            .with_limit(self.limit)
+            .with_timeout(self.timeout)
     }
 }

@@ -46,3 +46,8 @@ pub use service::PeekService;
 /// bounding what one failed attempt can hold in memory. Anything beyond it
 /// is not read by the peek, and streams on to the caller.
 pub const DEFAULT_PEEK_LIMIT: usize = 64 * 1024;
+
+/// How long a peek may take by default: 30 s. Ollama sends an error body in
+/// one piece at once; a body that trickles for this long is treated as a
+/// broken one.
+pub const DEFAULT_PEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,11 +1,12 @@
 //! [`PeekService`]: reads the first bytes of each non-success response.
 
-use super::{DEFAULT_PEEK_LIMIT, PeekBody, PeekFuture};
+use super::{DEFAULT_PEEK_LIMIT, DEFAULT_PEEK_TIMEOUT, PeekBody, PeekFuture};
 use crate::BoxError;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tower_service::Service;
 
 /// Reads up to a limit of each non-success response's body before handing
@@ -24,6 +25,7 @@ use tower_service::Service;
 pub struct PeekService<S> {
     inner: S,
     limit: usize,
+    timeout: Duration,
 }
 
 impl<S> PeekService<S> {
@@ -32,6 +34,7 @@ impl<S> PeekService<S> {
         Self {
             inner,
             limit: DEFAULT_PEEK_LIMIT,
+            timeout: DEFAULT_PEEK_TIMEOUT,
         }
     }
 
@@ -44,6 +47,20 @@ impl<S> PeekService<S> {
     /// The most bytes a peek reads.
     pub const fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Gives up reading a failed response's body after `timeout` (default
+    /// [`DEFAULT_PEEK_TIMEOUT`]): the peek runs above a per-attempt timeout,
+    /// so without its own bound a stalled error body would hang the request.
+    /// A stalled peek counts as a broken body (a transport failure).
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a peek may take.
+    pub const fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The inner service.
@@ -77,6 +94,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        PeekFuture::new(self.inner.call(req), self.limit)
+        PeekFuture::new(self.inner.call(req), self.limit, self.timeout)
     }
 }
