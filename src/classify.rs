@@ -20,6 +20,25 @@ where
     }
 }
 
+/// Pins a closure's signature down as a classifier, so that the compiler
+/// can infer its argument types.
+///
+/// ```
+/// use tower_ollama_retry::{Class, Decision, Failure, RetryPolicy, classify_fn, BoxError};
+///
+/// let policy = RetryPolicy::new(classify_fn(|_, r: &Result<u32, BoxError>| match r {
+///     Ok(_) => Decision::Success,
+///     Err(_) => Decision::Retry(Failure::new(Class::Transient)),
+/// }));
+/// # let _ = policy;
+/// ```
+pub fn classify_fn<F, Res, E>(f: F) -> F
+where
+    F: FnMut(&Attempt, &Result<Res, E>) -> Decision,
+{
+    f
+}
+
 /// A view of an error as a `std::error::Error`, so that classifiers can walk
 /// its [`source`](StdError::source) chain.
 ///

@@ -47,6 +47,7 @@
 //! | `http` | yes | request replay and response peeking for `http` services, `HttpPolicy`, `Retry-After` |
 //! | `ollama` | yes | `OllamaPolicy` over HTTP, `OllamaRecovery` |
 //! | `test-util` | no | an embedded fake Ollama server for tests |
+//! | `axum` | no | empty `axum::body::Body` requests replay without `ReplayLayer` |
 //! | `tonic` | no | `GrpcPolicy` and replay for `tonic::body::Body` |
 
 #![forbid(unsafe_code)]
@@ -80,7 +81,7 @@ pub use attempt::Attempt;
 pub use backoff::Backoff;
 pub use budget::{BudgetError, RetryBudget};
 pub use class::{Class, ClassLimits, Decision, Failure};
-pub use classify::{AsStdError, Classify};
+pub use classify::{AsStdError, Classify, classify_fn};
 pub use common::RetryEvent;
 pub use compose::RetryPolicy;
 pub use error::{Reason, RetryError};

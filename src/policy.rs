@@ -33,6 +33,12 @@ use std::time::Duration;
 /// composes one from a classifier closure, a [`Backoff`](crate::Backoff) and a
 /// [`Recover`](crate::Recover) hook, and [`OllamaPolicy`](crate::OllamaPolicy)
 /// is a ready one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a retry policy for requests `{Req}`, responses `{Res}` and errors `{E}`",
+    note = "`OllamaPolicy` (HTTP form) wants `http::Request` in and `http::Response<PeekBody<_>>` out: put it under `http::HttpRetryLayer`, or use `OllamaPolicy::plain()` for other services",
+    note = "`HttpPolicy` and `GrpcPolicy` want bodies that can be replayed (`ReplayBody`, `Full`, ...): put `http::ReplayLayer` in front",
+    note = "the inner service's error must implement `AsStdError` (see its docs for your own error types)"
+)]
 pub trait Policy<Req, Res, E> {
     /// The error the retrying service returns.
     type Error;

@@ -370,7 +370,7 @@ async fn empty_body_is_not_read_and_gets_no_length() {
 }
 
 #[tokio::test]
-async fn a_declared_length_is_kept_even_when_wrong() {
+async fn a_wrong_declared_length_fails_the_request_clearly() {
     let svc =
         ReplayLayer::new().layer(service_fn(|req: Request<ReplayBody<ReqBody>>| async move {
             Ok::<_, BoxError>(req)
@@ -380,9 +380,16 @@ async fn a_declared_length_is_kept_even_when_wrong() {
         .body(frames(vec![Ok(Frame::data(Bytes::from_static(b"12345")))]))
         .unwrap();
     let req = svc.oneshot(req).await.unwrap();
+    // Sent as it came, once, and the body says what is wrong with it.
     assert_eq!(req.headers()["content-length"], "10");
-    assert!(req.body().is_replayable());
-    assert_eq!(drain(req.into_body()).await.data, b"12345");
+    assert!(!req.body().is_replayable());
+    let got = drain(req.into_body()).await;
+    assert_eq!(got.data, b"12345");
+    let error = got.error.expect("the body fails");
+    assert_eq!(
+        error.to_string(),
+        "the request's content-length is 10 but its body has 5 bytes"
+    );
 }
 
 #[tokio::test]

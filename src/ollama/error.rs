@@ -85,13 +85,14 @@ impl OllamaError {
         Self::model("Model OOM after recovery attempt")
     }
 
-    /// CodeWorm's error for a failed recovery hook.
+    /// CodeWorm's error for a failed recovery hook: "OOM recovery failed:
+    /// <cause>". The cause's text is in the message, so it is not repeated
+    /// as a `source()` (error reporters print the chain).
     pub fn recovery_failed(cause: BoxError) -> Self {
-        Self {
-            kind: OllamaErrorKind::Other,
-            message: format!("OOM recovery failed: {cause}"),
-            source: Some(cause),
-        }
+        Self::new(
+            OllamaErrorKind::Other,
+            format!("OOM recovery failed: {cause}"),
+        )
     }
 
     /// Attaches the underlying cause.

@@ -169,6 +169,20 @@ where
         S: Service<Request<ReplayBody<B>>>,
     {
         let body = match filled {
+            // A declared length that is not the body's would be sent as is
+            // and cut or stall the message on the wire: fail the request
+            // with a clear error instead.
+            Filled::End
+                if declared_length(&self.parts.headers).is_some_and(|n| n != self.len as u64) =>
+            {
+                let declared = declared_length(&self.parts.headers).unwrap_or_default();
+                let error = format!(
+                    "the request's content-length is {declared} but its body has {} bytes",
+                    self.len
+                );
+                tracing::warn!("{error}");
+                ReplayBody::failed(self.frames, error.into())
+            }
             Filled::End => {
                 // Every attempt then carries the same framing. Not with
                 // trailers: HTTP/1 sends those only in a chunked body.

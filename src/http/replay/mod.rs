@@ -25,9 +25,11 @@
 //! reported with a `tracing` warning. A body error is never swallowed: the
 //! client sees it while sending and fails that attempt.
 //!
-//! A `content-length` that the request already has is left alone, even if
-//! it disagrees with the body (the client then fails the request, as it
-//! would have without this layer). No length is added when the request has
+//! A `content-length` that the request already has is left alone. One that
+//! disagrees with the buffered body would cut or stall the message on the
+//! wire, so the request is sent once with a body that yields its bytes and
+//! then a clear error ("the request's content-length is 10 but its body has
+//! 5 bytes"), and the attempt fails with it. No length is added when the request has
 //! a `transfer-encoding` or the body has trailers, which HTTP/1 can only send
 //! in a chunked body.
 //!
