@@ -85,8 +85,8 @@ impl OllamaError {
         Self::model("Model OOM after recovery attempt")
     }
 
-    /// CodeWorm's error for a failed recovery hook: "OOM recovery failed:
-    /// <cause>". The cause's text is in the message, so it is not repeated
+    /// CodeWorm's error for a failed recovery hook, `OOM recovery failed:
+    /// <cause>`. The cause's text is in the message, so it is not repeated
     /// as a `source()` (error reporters print the chain).
     pub fn recovery_failed(cause: BoxError) -> Self {
         Self::new(
