@@ -106,14 +106,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// application logic: no connection was made, or HTTP/2 refused the stream
 /// (`REFUSED_STREAM`, also what streams past a `GOAWAY` get).
 pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    if classify_error(Mode::Default, err) == Class::Connection {
-        return true;
-    }
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.to_string()
-            .to_ascii_lowercase()
-            .contains("refused stream")
-    })
+    classify_error(Mode::Default, err) == Class::Connection
 }
 
 /// Retries for any HTTP API.

@@ -134,6 +134,7 @@ fn classify_message(status: u16, message: &str) -> Class {
 /// | `tower::timeout::error::Elapsed`, tokio `Elapsed`, `io::ErrorKind::TimedOut`, a hyper timeout | timeout |
 /// | a hyper-util connect error caused by a timeout | timeout (CodeWorm's rule) |
 /// | a hyper-util connect error caused by a refused, reset or unreachable connection, or DNS | connection |
+/// | an HTTP/2 `REFUSED_STREAM` (the request was never processed) | connection |
 /// | a connection closed mid-response (`UnexpectedEof`, reset, an incomplete message) | CodeWorm: fatal; default: transient |
 /// | anything else (a bad URI, an unsupported scheme) | fatal |
 pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
@@ -142,6 +143,7 @@ pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
     let mut timeout = false;
     let mut unreachable = false;
     let mut broken = false;
+    let mut under_hyper = false;
     for e in chain(err) {
         if e.is::<RetryError>() {
             return Class::Fatal;
@@ -182,6 +184,7 @@ pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
                 connect = true;
             }
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                under_hyper = true;
                 if h.is_timeout() {
                     timeout = true;
                 }
@@ -189,6 +192,16 @@ pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
                     broken = true;
                 }
             }
+        }
+        // HTTP/2's REFUSED_STREAM (also what streams past a GOAWAY get) says
+        // the request was never processed; h2's reason reaches us only as
+        // text, below hyper's own error.
+        if under_hyper
+            && e.to_string()
+                .to_ascii_lowercase()
+                .contains("refused stream")
+        {
+            unreachable = true;
         }
         // hyper-util reports a failed name lookup as "dns error".
         if connect && e.to_string().starts_with("dns error") {
