@@ -102,7 +102,7 @@ fn stack(settings: &Settings, clock: Instant) -> Stack {
         .with_recovery(OllamaRecovery::new().with_settle(settings.settle))
         .on_retry(move |e| {
             println!(
-                "[{:>6.3}s] retrying: attempt {} after a {} failure (slept {:?})",
+                "[{:>6.3}s] retrying: attempt {}, after a failure of class {} (slept {:?})",
                 clock.elapsed().as_secs_f64(),
                 e.attempt.number(),
                 e.failure.class(),
