@@ -13,13 +13,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::future::{Future, Ready, ready};
-use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tower_ollama_retry::{OllamaError, OllamaPolicy, Retry};
+use tower_ollama_retry::{OllamaPolicy, Retry};
 use tower_service::Service;
 
 // ---- the counting allocator ----------------------------------------------
@@ -79,21 +74,6 @@ static GLOBAL: Counting = Counting;
 const WARM_UP: usize = 100;
 const CALLS: usize = 1000;
 
-/// Calls `svc` once: `poll_ready`, `call`, one poll of the future.
-fn call_now<S: Service<Req>, Req>(svc: &mut S, req: Req) -> Result<S::Response, S::Error> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => panic!("poll_ready was not ready"),
-    }
-    let mut future = pin!(svc.call(req));
-    match future.as_mut().poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the call needs a runtime"),
-    }
-}
-
 /// Mean allocations per call of `svc` over [`CALLS`] calls, after
 /// [`WARM_UP`]. `make` builds each request (outside the count), `before`
 /// runs before each call (inside it; it must not allocate), `check`
@@ -124,202 +104,20 @@ where
     (allocations() - start) as f64 / CALLS as f64
 }
 
-// ---- u64 services and the tower policy ------------------------------------
+// ---- the services and tower policies, shared with benches/overhead.rs -----
 
-#[derive(Clone, Copy, Debug)]
-struct Echo;
+#[path = "../benches/support/mod.rs"]
+mod support;
 
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = OllamaError;
-    type Future = Ready<Result<u64, OllamaError>>;
+use support::{Echo, FailOnce, TowerAttempts, call_now};
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), OllamaError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req + 1))
-    }
-}
-
-/// Fails its first call since the last reset with a timeout.
-#[derive(Clone, Debug, Default)]
-struct FailOnce {
-    calls: Arc<AtomicU32>,
-}
-
-impl FailOnce {
-    fn reset(&self) {
-        self.calls.store(0, Ordering::Relaxed);
-    }
-}
-
-impl Service<u64> for FailOnce {
-    type Response = u64;
-    type Error = OllamaError;
-    type Future = Ready<Result<u64, OllamaError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), OllamaError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
-            ready(Err(OllamaError::timeout("read timed out")))
-        } else {
-            ready(Ok(req + 1))
-        }
-    }
-}
-
-/// 3 attempts, a retry on any error, no delay.
-#[derive(Clone, Copy, Debug)]
-struct TowerAttempts {
-    retries_left: u32,
-}
-
-const TOWER_THREE: TowerAttempts = TowerAttempts { retries_left: 2 };
-
-impl<Res, E> tower::retry::Policy<u64, Res, E> for TowerAttempts {
-    type Future = Ready<()>;
-
-    fn retry(&mut self, _: &mut u64, result: &mut Result<Res, E>) -> Option<Ready<()>> {
-        match result {
-            Err(_) if self.retries_left > 0 => {
-                self.retries_left -= 1;
-                Some(ready(()))
-            }
-            _ => None,
-        }
-    }
-
-    fn clone_request(&mut self, req: &u64) -> Option<u64> {
-        Some(*req)
-    }
-}
+const TOWER_THREE: TowerAttempts = TowerAttempts::three();
 
 fn ok_8<E: std::fmt::Debug>(answer: Result<u64, E>) {
     assert_eq!(answer.unwrap(), 8);
 }
 
 // ---- http services and the tower policy ------------------------------------
-
-#[cfg(feature = "http")]
-mod http_svc {
-    use super::{Ready, ready};
-    use bytes::Bytes;
-    use http::header::CONTENT_TYPE;
-    use http::{HeaderValue, Method, Request, Response, Uri};
-    use http_body_util::Full;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::task::{Context, Poll};
-    use tower_ollama_retry::BoxError;
-    use tower_service::Service;
-
-    pub type Req = Request<Full<Bytes>>;
-    pub type Res = Response<Full<Bytes>>;
-
-    const PROMPT: &[u8] = br#"{"model":"llama3","prompt":"Why is the sky blue?","stream":false}"#;
-    const ANSWER: &[u8] = br#"{"model":"llama3","response":"Rayleigh scattering.","done":true}"#;
-
-    /// An Ollama-shaped request: `content-type` header, JSON body.
-    pub fn request(method: Method) -> Req {
-        let mut req = Request::new(Full::new(Bytes::from_static(PROMPT)));
-        *req.method_mut() = method;
-        *req.uri_mut() = Uri::from_static("http://127.0.0.1:11434/api/generate");
-        req.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        req
-    }
-
-    fn response(status: u16) -> Res {
-        let mut res = Response::new(Full::new(Bytes::from_static(ANSWER)));
-        *res.status_mut() = http::StatusCode::from_u16(status).expect("a valid status");
-        res
-    }
-
-    #[derive(Clone, Copy, Debug)]
-    pub struct Ok200;
-
-    impl Service<Req> for Ok200 {
-        type Response = Res;
-        type Error = BoxError;
-        type Future = Ready<Result<Res, BoxError>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Req) -> Self::Future {
-            ready(Ok(response(200)))
-        }
-    }
-
-    /// 503 on its first call since the last reset, then 200.
-    #[derive(Clone, Debug, Default)]
-    pub struct Busy503Once {
-        pub calls: Arc<AtomicU32>,
-    }
-
-    impl Busy503Once {
-        pub fn reset(&self) {
-            self.calls.store(0, Ordering::Relaxed);
-        }
-    }
-
-    impl Service<Req> for Busy503Once {
-        type Response = Res;
-        type Error = BoxError;
-        type Future = Ready<Result<Res, BoxError>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Req) -> Self::Future {
-            let first = self.calls.fetch_add(1, Ordering::Relaxed) == 0;
-            ready(Ok(response(if first { 503 } else { 200 })))
-        }
-    }
-
-    /// 3 attempts, a retry on an error or a 5xx, the request copied as
-    /// `replay_request` copies it.
-    #[derive(Clone, Copy, Debug)]
-    pub struct TowerHttp {
-        retries_left: u32,
-    }
-
-    pub const TOWER_HTTP_THREE: TowerHttp = TowerHttp { retries_left: 2 };
-
-    impl<E> tower::retry::Policy<Req, Res, E> for TowerHttp {
-        type Future = Ready<()>;
-
-        fn retry(&mut self, _: &mut Req, result: &mut Result<Res, E>) -> Option<Ready<()>> {
-            let failed = match result {
-                Ok(res) => res.status().is_server_error(),
-                Err(_) => true,
-            };
-            if failed && self.retries_left > 0 {
-                self.retries_left -= 1;
-                Some(ready(()))
-            } else {
-                None
-            }
-        }
-
-        fn clone_request(&mut self, req: &Req) -> Option<Req> {
-            let mut copy = Request::new(req.body().clone());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.version_mut() = req.version();
-            *copy.headers_mut() = req.headers().clone();
-            *copy.extensions_mut() = req.extensions().clone();
-            Some(copy)
-        }
-    }
-}
 
 // ---- the measurements --------------------------------------------------------
 
@@ -381,7 +179,8 @@ fn allocations_per_call() {
 #[cfg(feature = "http")]
 fn http_cases() {
     use http::Method;
-    use http_svc::{Busy503Once, Ok200, Res, TOWER_HTTP_THREE, request};
+    use support::http::{Busy503Once, Ok200, Res, TowerHttp, request};
+    const TOWER_HTTP_THREE: TowerHttp = TowerHttp::three();
     use tower_ollama_retry::backoff::Constant;
     use tower_ollama_retry::http::HttpPolicy;
 
