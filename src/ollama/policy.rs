@@ -38,22 +38,37 @@ pub struct Plain;
 ///
 /// # Example
 ///
+/// A transport-agnostic service that times out once, then answers:
+///
 /// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::time::Duration;
-/// use tower::{ServiceExt, service_fn};
+/// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_ollama_retry::{OllamaError, OllamaPolicy, RetryLayer};
-/// use tower::Layer;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let policy = OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
-/// let mut fails = 1;
-/// let svc = RetryLayer::new(policy).layer(tower::util::BoxCloneService::new(service_fn(move |_: ()| {
-///     async move { Err::<&str, _>(OllamaError::timeout("read timed out")) }
-/// })));
-/// let err = svc.oneshot(()).await.unwrap_err();
+/// static CALLS: AtomicU32 = AtomicU32::new(0);
+/// let ollama = service_fn(|prompt: &'static str| async move {
+///     if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+///         Err(OllamaError::timeout("read timed out"))
+///     } else {
+///         Ok(format!("an answer to {prompt:?}"))
+///     }
+/// });
+/// let policy = OllamaPolicy::plain().with_retry_delay(Duration::from_millis(1));
+/// let answer = RetryLayer::new(policy).layer(ollama).oneshot("why").await.unwrap();
+/// assert_eq!(answer, "an answer to \"why\"");
+/// assert_eq!(CALLS.load(Ordering::SeqCst), 2);
+///
+/// // Three timeouts in a row: the third comes back, after 2 ms of backoff.
+/// let always_slow = service_fn(|_: ()| async { Err::<(), _>(OllamaError::timeout("read timed out")) });
+/// let policy = OllamaPolicy::plain().with_retry_delay(Duration::from_millis(1));
+/// let err = RetryLayer::new(policy).layer(always_slow).oneshot(()).await.unwrap_err();
 /// assert_eq!(err.attempts(), 3);
-/// assert_eq!(err.to_string(), "request failed after 3 attempts: every allowed attempt failed: read timed out");
-/// # let _ = fails;
+/// assert_eq!(
+///     err.to_string(),
+///     "request failed after 3 attempts: every allowed attempt failed: read timed out"
+/// );
 /// # }
 /// ```
 #[derive(Debug)]
