@@ -18,8 +18,11 @@
 //! first attempt. The final error, a [`RetryError`], says what failed last,
 //! how many attempts were made and why the loop stopped.
 //!
-//! `tower::retry` cannot await a recovery between attempts or classify a
-//! response by its body; this crate does both.
+//! `tower::retry`'s single `retry` hook mixes classification, scheduling and
+//! any async work, has no recovery step whose failure ends the request, and
+//! sees a response only by reference, so it cannot read the body where Ollama
+//! says why it failed. This crate keeps the three questions apart and reads a
+//! bounded prefix of failed bodies while still streaming every byte on.
 //!
 //! # Example
 //!
