@@ -175,9 +175,8 @@ fn recovery_names(class: Class) -> [&'static str; 3] {
 
 /// What one poll of the current state produced.
 enum Step<Res, E, RE> {
-    Finished(Result<Res, E>),
-    // A result the fast path already classified.
-    Decided(Result<Res, E>, Decision),
+    // An attempt's result, with the decision when the fast path took it.
+    Finished(Result<Res, E>, Option<Decision>),
     Slept,
     Recovered(Result<(), RE>, Class),
     RecoveryPastDeadline,
@@ -215,7 +214,7 @@ where
                     Reason::Success,
                 ));
             }
-            return self.poll_loop(cx, Some(Step::Decided(result, decision)));
+            return self.poll_loop(cx, Some(Step::Finished(result, Some(decision))));
         }
         self.poll_loop(cx, None)
     }
@@ -241,14 +240,12 @@ where
             let step = if let Some(step) = first.take() {
                 Poll::Ready(step)
             } else {
-                match this.retrying.as_deref() {
+                match this.retrying.as_deref_mut() {
                     // The success path: no span, nothing to enter or drop.
                     None => poll_state(this.state.as_mut(), this.service, None, cx),
-                    Some(r) => {
-                        let span = r.span.clone();
+                    Some(Retrying { span, sleep, .. }) => {
                         let _entered = span.as_ref().map(Span::enter);
-                        let sleep = this.retrying.as_mut().and_then(|r| r.sleep.as_mut());
-                        poll_state(this.state.as_mut(), this.service, sleep, cx)
+                        poll_state(this.state.as_mut(), this.service, sleep.as_mut(), cx)
                     }
                 }
             };
@@ -259,15 +256,11 @@ where
             let attempt: &mut Attempt = this.attempt;
             let (last, recovery_error, reason) = match step {
                 Step::NoAttempts => (None, None, Reason::NoAttempts),
-                step @ (Step::Finished(_) | Step::Decided(..)) => {
-                    let (result, decision) = match step {
-                        Step::Decided(result, decision) => (result, decision),
-                        Step::Finished(result) => {
-                            let decision = this.policy.classify(attempt, &result);
-                            (result, decision)
-                        }
-                        _ => unreachable!("matched above"),
-                    };
+                Step::Finished(result, decided) => {
+                    // The fast path may have classified it already; a policy
+                    // must see each outcome once (its limits count them).
+                    let decision =
+                        decided.unwrap_or_else(|| this.policy.classify(attempt, &result));
                     let recover = matches!(decision, Decision::Recover(_));
                     match decision {
                         Decision::Success => {
@@ -416,7 +409,7 @@ where
     R: Future<Output = Result<(), crate::BoxError>>,
 {
     Poll::Ready(match state.project() {
-        StateProj::Calling { future } => Step::Finished(ready!(future.poll(cx))),
+        StateProj::Calling { future } => Step::Finished(ready!(future.poll(cx)), None),
         StateProj::Waiting => {
             if let Some(sleep) = sleep {
                 ready!(sleep.as_mut().poll(cx));
@@ -535,7 +528,6 @@ where
     P: Policy<Req, Res, E>,
 {
     let n = attempt.number;
-    let span = r.span.clone();
     if recover {
         // The hook may run after the last attempt too (CodeWorm does); the
         // loop then ends once it is done.
@@ -559,7 +551,7 @@ where
         };
         let [attempting, _, _] = recovery_names(failure.class());
         in_span(
-            &span,
+            &r.span,
             || tracing::info!(attempt = n, class = %failure.class(), "{attempting}"),
         );
         let future = policy.recover(attempt, failure, req);
@@ -570,17 +562,17 @@ where
         });
     }
     if attempt.is_last() {
-        return Err(exhausted(&span, attempt));
+        return Err(exhausted(&r.span, attempt));
     }
     if next.is_none() {
         return Err(Reason::NotReplayable);
     }
     let delay = policy.backoff(attempt, failure);
     if let Some(reason) = past_deadline(policy, attempt, delay) {
-        in_span(&span, || {
+        in_span(&r.span, || {
             tracing::warn!(
                 attempt = n,
-                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                delay_ms = delay_ms(delay),
                 "retry_past_deadline"
             )
         });
@@ -591,11 +583,11 @@ where
     }
     attempt.total_delay = attempt.total_delay.saturating_add(delay);
     attempt.last_delay = delay;
-    in_span(&span, || {
+    in_span(&r.span, || {
         tracing::info!(
             attempt = n,
             class = %failure.class(),
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            delay_ms = delay_ms(delay),
             "retry_scheduled"
         )
     });
@@ -607,13 +599,23 @@ where
     Ok(State::Waiting)
 }
 
+/// `from + after`, saturating far in the future as tokio's own `sleep` does
+/// (its "far future" is about 30 years away): plain adding would panic on a
+/// huge delay.
+pub(crate) fn instant_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// A delay in whole milliseconds, for tracing fields.
+fn delay_ms(delay: Duration) -> u64 {
+    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Sets the request's one timer to `from + after`, creating it the first
-/// time. tokio's own `sleep` saturates a huge delay the same way (its "far
-/// future" is about 30 years away); plain adding would panic.
+/// time.
 fn arm(sleep: &mut Option<Pin<Box<Sleep>>>, from: Instant, after: Duration) {
-    let at = from
-        .checked_add(after)
-        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400));
+    let at = instant_after(from, after);
     match sleep {
         Some(sleep) => sleep.as_mut().reset(at),
         None => *sleep = Some(Box::pin(tokio::time::sleep_until(at))),

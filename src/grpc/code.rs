@@ -11,7 +11,6 @@
 
 use crate::Class;
 use crate::classify::chain;
-use crate::http::never_sent;
 use crate::ollama::{Mode, classify_error};
 use http::{HeaderMap, StatusCode};
 use std::borrow::Cow;
@@ -131,11 +130,8 @@ pub(crate) fn status_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<&
 /// broken connection is `UNAVAILABLE`, a timeout `DEADLINE_EXCEEDED`,
 /// anything else `UNKNOWN`.
 pub(crate) fn transport_failure(err: &(dyn StdError + 'static)) -> (Class, Code) {
-    let class = if never_sent(err) {
-        Class::Connection
-    } else {
-        classify_error(Mode::Default, err)
-    };
+    // A request that never left is a connection failure already.
+    let class = classify_error(Mode::Default, err);
     let code = match class {
         Class::Connection | Class::Transient => Code::Unavailable,
         Class::Timeout => Code::DeadlineExceeded,

@@ -283,9 +283,10 @@ where
                 let Some(err) = e.as_std_error() else {
                     return Decision::Success;
                 };
-                let failure =
-                    Failure::new(classify_error(Mode::Default, err)).with_message(err.to_string());
-                self.gate(failure, !never_sent(err))
+                // One classification: a connection failure is the proof that
+                // nothing was sent (what `never_sent` says).
+                let class = classify_error(Mode::Default, err);
+                self.gate(Failure::new(class), class != Class::Connection)
             }
         }
     }

@@ -14,18 +14,24 @@ use crate::{
 use http::{Request, Response};
 use std::time::Duration;
 
+/// What went wrong with a response whose body broke while being peeked.
+fn broken_body<B>(res: &Response<PeekBody<B>>) -> Option<String> {
+    let err = res.body().peek_error()?;
+    Some(format!("{}: the response body failed: {err}", res.status()))
+}
+
 /// How a peeked Ollama response is classified.
 pub(crate) fn classify_response<B>(mode: Mode, res: &Response<PeekBody<B>>) -> Failure {
     let status = res.status();
     let body = res.body();
-    if let Some(err) = body.peek_error() {
+    if let Some(message) = broken_body(res) {
         // The body broke while being read: a transport failure, as if the
         // connection had closed mid-response.
         let class = match mode {
             Mode::CodeWorm => Class::Fatal,
             Mode::Default => Class::Transient,
         };
-        return Failure::new(class).with_message(format!("{status}: response body failed: {err}"));
+        return Failure::new(class).with_message(message);
     }
     let class = classify_status(mode, status.as_u16(), body.prefix());
     let mut failure = Failure::new(class).with_message(error_message(body.prefix()));
@@ -94,20 +100,14 @@ where
     ) -> Result<Response<PeekBody<ResB>>, RetryError> {
         let (last, recovery_error, report) = finished.into_parts();
         let last = match last {
-            // A response, even a failed one, goes back as it came: status,
-            // headers and every body byte.
-            // A body that broke while being peeked cannot be handed on: a
-            // proxy would send the head and then nothing. The loop ends with
+            // A body that broke while being peeked cannot be handed on (a
+            // proxy would send the head and then nothing): the loop ends with
             // that failure instead.
             Some(Ok(res)) if res.body().peek_error().is_some() => {
-                let error = res.body().peek_error().map(|e| e.to_string());
-                let error = format!(
-                    "{}: the response body failed: {}",
-                    res.status(),
-                    error.unwrap_or_default()
-                );
-                Some(Err(BoxError::from(error)))
+                Some(Err(BoxError::from(broken_body(&res).unwrap_or_default())))
             }
+            // Any other response, even a failed one, goes back as it came:
+            // status, headers and every body byte.
             Some(Ok(mut res)) if report.reason() != Reason::RecoveryFailed => {
                 self.settings.common.finish(&report);
                 attach_report(&mut res, report);

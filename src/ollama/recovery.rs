@@ -284,9 +284,7 @@ impl Drop for InFlight {
 
 /// `now + d`, or far in the future when that does not fit.
 fn later(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+    crate::future::instant_after(Instant::now(), d)
 }
 
 /// The base URI (scheme and authority) of `uri`, or `fallback`.
