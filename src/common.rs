@@ -86,17 +86,23 @@ impl Common {
     }
 
     /// Deposits a success into the budget and records the request.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn finish(&self, report: &Report) {
-        let Some(shared) = &self.shared else {
-            return;
-        };
-        if let Some(budget) = &shared.budget
+        if let Some(shared) = &self.shared {
+            shared.finish(report);
+        }
+    }
+}
+
+impl Shared {
+    #[inline(never)]
+    fn finish(&self, report: &Report) {
+        if let Some(budget) = &self.budget
             && report.reason() == Reason::Success
         {
             budget.deposit();
         }
-        if let Some(stats) = &shared.stats {
+        if let Some(stats) = &self.stats {
             stats.record(report);
         }
     }

@@ -89,7 +89,13 @@ impl fmt::Display for Reason {
 /// assert_eq!(err.to_string(), "no attempts allowed: the policy allows 0 attempts");
 /// ```
 pub struct RetryError {
-    report: Box<Report>,
+    // One pointer: a `Result<Res, RetryError>` stays as small as the
+    // response allows, and the success path moves no error-sized payload.
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    report: Report,
     source: Option<BoxError>,
 }
 
@@ -97,8 +103,7 @@ impl RetryError {
     /// Builds the error from the loop's report and its last underlying error.
     pub fn new(report: Report, source: Option<BoxError>) -> Self {
         Self {
-            report: Box::new(report),
-            source,
+            inner: Box::new(Inner { report, source }),
         }
     }
 
@@ -113,27 +118,27 @@ impl RetryError {
 
     /// Why the loop stopped.
     pub fn reason(&self) -> Reason {
-        self.report.reason
+        self.inner.report.reason
     }
 
     /// How many attempts were sent.
     pub fn attempts(&self) -> u32 {
-        self.report.attempts
+        self.inner.report.attempts
     }
 
     /// The whole attempt report.
     pub fn report(&self) -> &Report {
-        &self.report
+        &self.inner.report
     }
 
     /// The last underlying error, if there was one.
     pub fn last_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
-        self.source.as_deref()
+        self.inner.source.as_deref()
     }
 
     /// The last underlying error as a `T`, if it is one.
     pub fn downcast_ref<T: StdError + 'static>(&self) -> Option<&T> {
-        self.source.as_deref()?.downcast_ref::<T>()
+        self.inner.source.as_deref()?.downcast_ref::<T>()
     }
 
     /// Whether the last underlying error is a `T`.
@@ -143,12 +148,13 @@ impl RetryError {
 
     /// Takes the last underlying error out.
     pub fn into_source(self) -> Option<BoxError> {
-        self.source
+        self.inner.source
     }
 
     /// Splits the error into its report and its last underlying error.
     pub fn into_parts(self) -> (Report, Option<BoxError>) {
-        (*self.report, self.source)
+        let inner = *self.inner;
+        (inner.report, inner.source)
     }
 
     /// Whether an error is a `RetryError` (or wraps one in its `source()`
@@ -169,23 +175,23 @@ impl RetryError {
 impl fmt::Debug for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryError")
-            .field("reason", &self.report.reason)
-            .field("attempts", &self.report.attempts)
-            .field("source", &self.source)
+            .field("reason", &self.inner.report.reason)
+            .field("attempts", &self.inner.report.attempts)
+            .field("source", &self.inner.source)
             .finish()
     }
 }
 
 impl fmt::Display for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reason = self.report.reason;
+        let reason = self.inner.report.reason;
         if reason == Reason::NoAttempts {
             return f.write_str(reason.describe());
         }
-        let n = self.report.attempts;
+        let n = self.inner.report.attempts;
         let s = if n == 1 { "" } else { "s" };
         write!(f, "request failed after {n} attempt{s}: {reason}")?;
-        if let Some(src) = &self.source {
+        if let Some(src) = &self.inner.source {
             write!(f, ": {src}")?;
         }
         Ok(())
@@ -194,7 +200,8 @@ impl fmt::Display for RetryError {
 
 impl StdError for RetryError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.inner
+            .source
             .as_deref()
             .map(|e| e as &(dyn StdError + 'static))
     }

@@ -65,8 +65,28 @@ pin_project! {
         next: Option<Req>,
         attempt: Attempt,
         // Allocated on the first failure.
-        retrying: Option<Box<Retrying<Res, E>>>,
+        retrying: RetrySlot<Res, E>,
     }
+}
+
+/// The retry state's slot. Its own `Drop` keeps the future's drop glue
+/// small enough to inline: the empty slot of a request that never failed
+/// costs one test, and freeing a full one is out of line.
+struct RetrySlot<Res, E>(Option<Box<Retrying<Res, E>>>);
+
+impl<Res, E> Drop for RetrySlot<Res, E> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            free(r);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free<T>(r: Box<T>) {
+    drop(r);
 }
 
 /// What a request that failed once carries through its retries.
@@ -143,7 +163,7 @@ where
             policy,
             next,
             attempt,
-            retrying: None,
+            retrying: RetrySlot(None),
         }
     }
 }
@@ -198,7 +218,7 @@ where
         // The fast path: the first attempt, nothing failed yet. Small enough
         // to inline; everything else is in `poll_loop`.
         let mut this = self.as_mut().project();
-        if this.retrying.is_none()
+        if this.retrying.0.is_none()
             && let StateProj::Calling { future } = this.state.as_mut().project()
         {
             let result = ready!(future.poll(cx));
@@ -240,7 +260,7 @@ where
             let step = if let Some(step) = first.take() {
                 Poll::Ready(step)
             } else {
-                match this.retrying.as_deref_mut() {
+                match this.retrying.0.as_deref_mut() {
                     // The success path: no span, nothing to enter or drop.
                     None => poll_state(this.state.as_mut(), this.service, None, cx),
                     Some(Retrying { span, sleep, .. }) => {
@@ -264,16 +284,16 @@ where
                     let recover = matches!(decision, Decision::Recover(_));
                     match decision {
                         Decision::Success => {
-                            if this.retrying.is_some() {
-                                in_span(span_of(this.retrying), || {
+                            if this.retrying.0.is_some() {
+                                in_span(span_of(&this.retrying.0), || {
                                     tracing::info!(attempt = attempt.number, "retry_succeeded")
                                 });
                             }
                             (Some(result), None, Reason::Success)
                         }
                         Decision::Fatal(failure) => {
-                            record(this.retrying, attempt, &failure);
-                            in_span(span_of(this.retrying), || {
+                            record(&mut this.retrying.0, attempt, &failure);
+                            in_span(span_of(&this.retrying.0), || {
                                 tracing::debug!(
                                     attempt = attempt.number,
                                     class = %failure.class(),
@@ -284,7 +304,7 @@ where
                             (Some(result), None, Reason::Fatal)
                         }
                         Decision::Retry(failure) | Decision::Recover(failure) => {
-                            let r = record(this.retrying, attempt, &failure);
+                            let r = record(&mut this.retrying.0, attempt, &failure);
                             match schedule(this.policy, this.next, r, attempt, &failure, recover) {
                                 Ok(next_state) => {
                                     r.last = Some(result);
@@ -302,7 +322,7 @@ where
                     continue;
                 }
                 Step::RecoveryPastDeadline => {
-                    let r = retrying(this.retrying);
+                    let r = retrying(&mut this.retrying.0);
                     in_span(&r.span, || {
                         tracing::warn!(attempt = attempt.number, "recovery_past_deadline")
                     });
@@ -311,7 +331,7 @@ where
                 Step::Recovered(outcome, class) => {
                     attempt.recoveries = attempt.recoveries.saturating_add(1);
                     let [_, complete, failed] = recovery_names(class);
-                    let r = retrying(this.retrying);
+                    let r = retrying(&mut this.retrying.0);
                     match outcome {
                         Err(e) => {
                             in_span(
@@ -342,7 +362,7 @@ where
                 }
                 Step::Ready(Err(e)) => (Some(Err(e)), None, Reason::Readiness),
                 Step::Ready(Ok(())) => {
-                    let r = retrying(this.retrying);
+                    let r = retrying(&mut this.retrying.0);
                     let mut upcoming = *attempt;
                     upcoming.number = upcoming.number.saturating_add(1);
                     let failure = r.failure.take().unwrap_or(Failure::new(Class::Transient));
@@ -382,7 +402,12 @@ where
                 }
             };
             this.state.set(State::Done);
-            let failures = this.retrying.take().map(|r| r.failures).unwrap_or_default();
+            let failures = this
+                .retrying
+                .0
+                .take()
+                .map(|r| r.failures)
+                .unwrap_or_default();
             return Poll::Ready(finish(
                 this.policy,
                 failures,
@@ -622,7 +647,7 @@ fn arm(sleep: &mut Option<Pin<Box<Sleep>>>, from: Instant, after: Duration) {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn finish<P, Req, Res, E>(
     policy: &mut P,
     failures: crate::report::Failures,

@@ -9,20 +9,32 @@ use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
+    pub(crate) knobs: Knobs,
+    pub(crate) common: Common,
+}
+
+/// The plain-data part of [`Settings`]. It is `Copy` so that cloning a
+/// policy per request copies it as one block: a clone written field by
+/// field and then moved into the response future in wide loads stalls
+/// store-to-load forwarding, which cost more than the rest of the success
+/// path.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Knobs {
     pub(crate) max_attempts: u32,
     pub(crate) max_delay: Duration,
     pub(crate) deadline: Option<Duration>,
     pub(crate) limits: ClassLimits,
-    pub(crate) common: Common,
 }
 
 impl Settings {
     pub(crate) fn new(max_attempts: u32, max_delay: Duration) -> Self {
         Self {
-            max_attempts,
-            max_delay,
-            deadline: None,
-            limits: ClassLimits::default(),
+            knobs: Knobs {
+                max_attempts,
+                max_delay,
+                deadline: None,
+                limits: ClassLimits::default(),
+            },
             common: Common::default(),
         }
     }
@@ -35,13 +47,13 @@ impl Settings {
         attempt: &Attempt,
         failure: &Failure,
     ) -> Duration {
-        hinted_delay(backoff, attempt, failure, self.max_delay)
+        hinted_delay(backoff, attempt, failure, self.knobs.max_delay)
     }
 
     /// Counts a retryable failure against its class's limit.
     #[inline]
     pub(crate) fn admit(&mut self, class: Class) -> bool {
-        self.limits.admit(class)
+        self.knobs.limits.admit(class)
     }
 }
 
@@ -56,7 +68,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_max_attempts(5);\n# let _ = policy;\n```"
         )]
         pub fn with_max_attempts(mut self, n: u32) -> Self {
-            self.settings.max_attempts = n;
+            self.settings.knobs.max_attempts = n;
             self
         }
 
@@ -66,7 +78,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_max_delay(Duration::from_secs(10));\n# let _ = policy;\n```"
         )]
         pub fn with_max_delay(mut self, max: std::time::Duration) -> Self {
-            self.settings.max_delay = max;
+            self.settings.knobs.max_delay = max;
             self
         }
 
@@ -79,7 +91,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_deadline(Duration::from_secs(30));\n# let _ = policy;\n```"
         )]
         pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
-            self.settings.deadline = Some(deadline);
+            self.settings.knobs.deadline = Some(deadline);
             self
         }
 
@@ -90,7 +102,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_class_limit(Class::Oom, 1);\n# let _ = policy;\n```"
         )]
         pub fn with_class_limit(mut self, class: crate::Class, max: u32) -> Self {
-            self.settings.limits = self.settings.limits.with_limit(class, max);
+            self.settings.knobs.limits = self.settings.knobs.limits.with_limit(class, max);
             self
         }
 
@@ -143,12 +155,12 @@ macro_rules! settings_policy_methods {
     () => {
         #[inline]
         fn max_attempts(&self) -> u32 {
-            self.settings.max_attempts
+            self.settings.knobs.max_attempts
         }
 
         #[inline]
         fn deadline(&self) -> Option<std::time::Duration> {
-            self.settings.deadline
+            self.settings.knobs.deadline
         }
 
         fn permit_retry(

@@ -55,7 +55,7 @@ where
     settings_policy_methods!();
 
     fn measure_elapsed(&self) -> bool {
-        self.settings.deadline.is_some() || self.recover.needs_clock()
+        self.settings.knobs.deadline.is_some() || self.recover.needs_clock()
     }
 
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
@@ -70,12 +70,12 @@ where
         let failure = match result {
             Ok(res) if res.status().is_success() => return Decision::Success,
             Ok(res) if already_retried(res) => return Decision::Fatal(Failure::new(Class::Fatal)),
-            Ok(res) => classify_response(self.mode, res),
+            Ok(res) => classify_response(self.rules.mode, res),
             Err(e) => {
                 let Some(err) = e.as_std_error() else {
                     return Decision::Success;
                 };
-                Failure::new(classify_error(self.mode, err))
+                Failure::new(classify_error(self.rules.mode, err))
             }
         };
         self.decide(attempt, failure)

@@ -73,24 +73,29 @@ pub struct Plain;
 /// ```
 #[derive(Debug)]
 pub struct OllamaPolicy<T = Http, R = ()> {
-    pub(crate) mode: Mode,
-    pub(crate) retry_delay: Duration,
+    pub(crate) rules: Rules,
     pub(crate) recover: R,
     pub(crate) settings: Settings,
+    _transport: PhantomData<fn() -> T>,
+}
+
+/// The plain-data part of an [`OllamaPolicy`], `Copy` for the reason
+/// [`Knobs`](crate::settings::Knobs) is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules {
+    pub(crate) mode: Mode,
+    pub(crate) retry_delay: Duration,
     // The class of the last failure, for `finish`'s CodeWorm messages.
     pub(crate) last_class: Class,
-    _transport: PhantomData<fn() -> T>,
 }
 
 impl<T, R: Clone> Clone for OllamaPolicy<T, R> {
     #[inline]
     fn clone(&self) -> Self {
         Self {
-            mode: self.mode,
-            retry_delay: self.retry_delay,
+            rules: self.rules,
             recover: self.recover.clone(),
             settings: self.settings.clone(),
-            last_class: self.last_class,
             _transport: PhantomData,
         }
     }
@@ -116,8 +121,11 @@ impl OllamaPolicy {
 
     fn with_mode(mode: Mode) -> Self {
         Self {
-            mode,
-            retry_delay: Duration::from_secs(2),
+            rules: Rules {
+                mode,
+                retry_delay: Duration::from_secs(2),
+                last_class: Class::Success,
+            },
             recover: (),
             // CodeWorm caps nothing; the default mode caps a server's hint.
             settings: Settings::new(
@@ -127,7 +135,6 @@ impl OllamaPolicy {
                     Mode::Default => Duration::from_secs(60),
                 },
             ),
-            last_class: Class::Success,
             _transport: PhantomData,
         }
     }
@@ -141,29 +148,27 @@ impl<T, R> OllamaPolicy<T, R> {
 
     /// Switches to `mode`'s classification rules.
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
+        self.rules.mode = mode;
         self
     }
 
     /// The classification mode.
     pub fn current_mode(&self) -> Mode {
-        self.mode
+        self.rules.mode
     }
 
     /// The linear step (CodeWorm's `retry_delay`, default 2 s).
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
-        self.retry_delay = delay;
+        self.rules.retry_delay = delay;
         self
     }
 
     /// The recovery hook run after an OOM.
     pub fn with_recovery<R2>(self, recover: R2) -> OllamaPolicy<T, R2> {
         OllamaPolicy {
-            mode: self.mode,
-            retry_delay: self.retry_delay,
+            rules: self.rules,
             recover,
             settings: self.settings,
-            last_class: self.last_class,
             _transport: PhantomData,
         }
     }
@@ -180,11 +185,9 @@ impl<T, R> OllamaPolicy<T, R> {
 
     fn retype<T2>(self) -> OllamaPolicy<T2, R> {
         OllamaPolicy {
-            mode: self.mode,
-            retry_delay: self.retry_delay,
+            rules: self.rules,
             recover: self.recover,
             settings: self.settings,
-            last_class: self.last_class,
             _transport: PhantomData,
         }
     }
@@ -198,12 +201,12 @@ impl<T, R> OllamaPolicy<T, R> {
     /// transport.
     #[inline]
     pub(crate) fn decide(&mut self, attempt: &Attempt, failure: Failure) -> Decision {
-        self.last_class = failure.class();
+        self.rules.last_class = failure.class();
         match failure.class() {
             Class::Success => Decision::Success,
             Class::Fatal => Decision::Fatal(failure),
             class if !self.settings.admit(class) => Decision::Fatal(failure),
-            Class::Oom => match self.mode {
+            Class::Oom => match self.rules.mode {
                 // CodeWorm recovers even after the last attempt.
                 Mode::CodeWorm => Decision::Recover(failure),
                 // A recovery after the last attempt helps nobody.
@@ -216,7 +219,7 @@ impl<T, R> OllamaPolicy<T, R> {
 
     pub(crate) fn delay(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
         self.settings
-            .delay(&mut Linear::new(self.retry_delay), attempt, failure)
+            .delay(&mut Linear::new(self.rules.retry_delay), attempt, failure)
     }
 
     /// The CodeWorm-shaped final error for a loop that ended without a
@@ -227,12 +230,12 @@ impl<T, R> OllamaPolicy<T, R> {
         let source = match (report.reason(), last, recovery_error) {
             (Reason::RecoveryFailed, _, Some(e)) => Some(OllamaError::recovery_failed(e).into()),
             (Reason::Exhausted, Some(Err(_)), _)
-                if self.mode == Mode::CodeWorm && self.last_class == Class::Oom =>
+                if self.rules.mode == Mode::CodeWorm && self.rules.last_class == Class::Oom =>
             {
                 // CodeWorm drops the server's message for a fresh error.
                 Some(OllamaError::oom_after_recovery().into())
             }
-            (Reason::NoAttempts, _, _) if self.mode == Mode::CodeWorm => {
+            (Reason::NoAttempts, _, _) if self.rules.mode == Mode::CodeWorm => {
                 Some(OllamaError::other("Generation failed after retries").into())
             }
             (_, Some(Err(e)), _) => Some(e),
@@ -271,7 +274,7 @@ where
 
     #[inline]
     fn measure_elapsed(&self) -> bool {
-        self.settings.deadline.is_some() || self.recover.needs_clock()
+        self.settings.knobs.deadline.is_some() || self.recover.needs_clock()
     }
 
     #[inline]
@@ -289,7 +292,7 @@ where
         };
         // No message: the error itself stays reachable from the result, and
         // formatting it here would allocate on every failure.
-        self.decide(attempt, Failure::new(classify_error(self.mode, err)))
+        self.decide(attempt, Failure::new(classify_error(self.rules.mode, err)))
     }
 
     fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
@@ -300,7 +303,7 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, RetryError> {
         match finished.last {
             Some(Ok(res)) => {
