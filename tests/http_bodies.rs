@@ -304,6 +304,87 @@ async fn full_body_is_buffered_without_a_copy_and_replays() {
     svc.oneshot(req).await.unwrap();
 }
 
+/// Records the requests it is called with, and counts its clones.
+struct Counted {
+    clones: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            clones: self.clones.clone(),
+            seen: self.seen.clone(),
+        }
+    }
+}
+
+impl Service<Request<ReplayBody<ReqBody>>> for Counted {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<ReqBody>>) -> Self::Future {
+        let bytes = req.body().buffered_bytes().cloned().unwrap_or_default();
+        self.seen.lock().unwrap().push(bytes);
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_body_in_memory_is_read_in_call_and_sent_by_the_ready_instance() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut svc = ReplayLayer::new().layer(Counted {
+        clones: clones.clone(),
+        seen: seen.clone(),
+    });
+
+    // `Full`: read to its end inside `call`, which calls the ready instance
+    // at once. No clone of it, and the request is sent before the future
+    // is even polled.
+    svc.ready().await.unwrap();
+    let future = svc.call(Request::post("/").body(full(pattern(4096))).unwrap());
+    assert_eq!(seen.lock().unwrap().as_slice(), &[pattern(4096)]);
+    future.await.unwrap();
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
+
+    // A body whose frames are not ready yet: the future reads it, with the
+    // ready instance it took along (one clone left behind), and sends it
+    // only once the whole body is in.
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let body = BodyExt::boxed(StreamBody::new(tokio_stream_from(rx)));
+    svc.ready().await.unwrap();
+    let future = svc.call(Request::post("/").body(body).unwrap());
+    assert_eq!(clones.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "nothing sent before the body is in"
+    );
+    let sender = async move {
+        tx.send(Ok(Frame::data(Bytes::from_static(b"late "))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"frames"))))
+            .await
+            .unwrap();
+    };
+    let ((), out) = guard(async { tokio::join!(sender, future) }).await;
+    out.unwrap();
+    assert_eq!(seen.lock().unwrap()[1], Bytes::from_static(b"late frames"));
+}
+
+/// An `mpsc` receiver as a stream of frames.
+fn tokio_stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 #[tokio::test]
 async fn streaming_body_is_buffered_with_a_length() {
     let (data, body) = chunked(10_000, 1000);

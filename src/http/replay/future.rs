@@ -4,7 +4,8 @@
 //!  Buffering ──(end, within the limit)──► rebuild as buffered ──┐
 //!      │    ──(over the limit)──────────► rebuild as resumed ───┼──► Calling
 //!      │    ──(body error)──────────────► rebuild as failed ────┘
-//!      └── skipped when the body is empty or known to be too large
+//!      └── skipped when the body is empty, known to be too large, or
+//!          already in memory (read to its end in `call`)
 //! ```
 
 use super::ReplayBody;
@@ -18,7 +19,7 @@ use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use tower_service::Service;
 
 pin_project! {
@@ -46,16 +47,22 @@ pin_project! {
     #[project = StateProj]
     #[project_replace = StateReplace]
     enum State<S, B, F> {
-        Buffering { buffer: Buffer<S, B> },
+        // `service` is the ready instance that will send the request.
+        Buffering { service: S, buffer: Buffer<B> },
         Calling { #[pin] future: F },
         // Only while moving from `Buffering` to `Calling`.
         Swapping,
     }
 }
 
-/// The request being read, and the ready service that will send it.
-struct Buffer<S, B> {
-    service: S,
+/// What [`start`] found: a request ready to send, or a body still to read.
+pub(super) enum Start<B> {
+    Ready(Request<ReplayBody<B>>),
+    Pending(Buffer<B>),
+}
+
+/// The request being read.
+pub(super) struct Buffer<B> {
     parts: Parts,
     // Boxed so that it can be polled here and still be moved into the
     // `ReplayBody` if it turns out to be too large.
@@ -74,56 +81,75 @@ enum Filled {
     Failed(BoxError),
 }
 
+/// Starts replaying `req`: as far as it gets without waiting.
+///
+/// An empty body, or one known to be over `limit`, needs no reading. Any
+/// other body is read at once for as long as its frames are ready (polled
+/// with a no-op waker, as `now_or_never` does): a body already in memory,
+/// such as `Full`, ends here, and the request can be sent from `call` on
+/// the ready service itself, with no clone of it and no buffering state.
+/// A body that is not ready is polled again, with the task's waker, by the
+/// [`ReplayFuture`].
+pub(super) fn start<B>(req: Request<B>, limit: usize) -> Start<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+
+    // Nothing to read: no allocation, no wait.
+    if body.is_end_stream() {
+        return Start::Ready(Request::from_parts(parts, ReplayBody::empty()));
+    }
+
+    let hint = body.size_hint();
+    let declared = declared_length(&parts.headers);
+    let known = hint.lower().max(declared.unwrap_or(0));
+    if known > limit as u64 {
+        // Known to be too large: never buffered.
+        warn_over_limit(limit);
+        return Start::Ready(Request::from_parts(parts, ReplayBody::stream(body)));
+    }
+
+    let set_length = !parts.headers.contains_key(CONTENT_LENGTH)
+        && !parts.headers.contains_key(TRANSFER_ENCODING)
+        && hint.exact() != Some(0);
+    let mut buffer = Buffer {
+        parts,
+        body: Box::pin(body),
+        frames: Vec::new(),
+        len: 0,
+        trailers: None,
+        limit,
+        set_length,
+    };
+    match buffer.poll_fill(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(filled) => Start::Ready(buffer.into_request(filled)),
+        Poll::Pending => Start::Pending(buffer),
+    }
+}
+
 impl<S, B> ReplayFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
-    B: Body<Data = Bytes>,
 {
-    pub(super) fn new(mut service: S, req: Request<B>, limit: usize) -> Self {
-        let (parts, body) = req.into_parts();
-
-        // Nothing to read: no allocation, no wait.
-        if body.is_end_stream() {
-            let req = Request::from_parts(parts, ReplayBody::empty());
-            return Self::calling(service.call(req));
-        }
-
-        let hint = body.size_hint();
-        let declared = declared_length(&parts.headers);
-        let known = hint.lower().max(declared.unwrap_or(0));
-        if known > limit as u64 {
-            // Known to be too large: never buffered.
-            warn_over_limit(limit);
-            let req = Request::from_parts(parts, ReplayBody::stream(body));
-            return Self::calling(service.call(req));
-        }
-
-        let set_length = !parts.headers.contains_key(CONTENT_LENGTH)
-            && !parts.headers.contains_key(TRANSFER_ENCODING)
-            && hint.exact() != Some(0);
-        let buffer = Buffer {
-            service,
-            parts,
-            body: Box::pin(body),
-            frames: Vec::new(),
-            len: 0,
-            trailers: None,
-            limit,
-            set_length,
-        };
-        Self {
-            state: State::Buffering { buffer },
-        }
-    }
-
-    fn calling(future: S::Future) -> Self {
+    /// The future of a request sent at once.
+    pub(super) fn calling(future: S::Future) -> Self {
         Self {
             state: State::Calling { future },
         }
     }
+
+    /// The future of a request whose body is still being read; `service`
+    /// is the ready instance that will send it.
+    pub(super) fn buffering(service: S, buffer: Buffer<B>) -> Self {
+        Self {
+            state: State::Buffering { service, buffer },
+        }
+    }
 }
 
-impl<S, B> Buffer<S, B>
+impl<B> Buffer<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -163,11 +189,8 @@ where
         }
     }
 
-    /// Rebuilds the request around what was read and sends it.
-    fn send(mut self, filled: Filled) -> S::Future
-    where
-        S: Service<Request<ReplayBody<B>>>,
-    {
+    /// Rebuilds the request around what was read.
+    fn into_request(mut self, filled: Filled) -> Request<ReplayBody<B>> {
         let body = match filled {
             // A declared length that is not the body's would be sent as is
             // and cut or stall the message on the wire: fail the request
@@ -206,7 +229,7 @@ where
                 ReplayBody::failed(self.frames, error)
             }
         };
-        self.service.call(Request::from_parts(self.parts, body))
+        Request::from_parts(self.parts, body)
     }
 }
 
@@ -223,15 +246,17 @@ where
         loop {
             let filled = match this.state.as_mut().project() {
                 StateProj::Calling { future } => return future.poll(cx),
-                StateProj::Buffering { buffer } => ready!(buffer.poll_fill(cx)),
+                StateProj::Buffering { buffer, .. } => ready!(buffer.poll_fill(cx)),
                 StateProj::Swapping => {
                     panic!("tower_ollama_retry::ReplayFuture polled after its inner call panicked")
                 }
             };
-            if let StateReplace::Buffering { buffer } =
-                this.state.as_mut().project_replace(State::Swapping)
+            if let StateReplace::Buffering {
+                mut service,
+                buffer,
+            } = this.state.as_mut().project_replace(State::Swapping)
             {
-                let future = buffer.send(filled);
+                let future = service.call(buffer.into_request(filled));
                 this.state.set(State::Calling { future });
             }
         }
@@ -244,7 +269,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Buffering { buffer } => {
+            State::Buffering { buffer, .. } => {
                 return f
                     .debug_struct("ReplayFuture")
                     .field("state", &"buffering")

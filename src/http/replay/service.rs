@@ -1,5 +1,6 @@
 //! [`ReplayService`]: buffers each request body so that it can be replayed.
 
+use super::future::{Start, start};
 use super::{DEFAULT_REPLAY_LIMIT, ReplayBody, ReplayFuture};
 use crate::BoxError;
 use bytes::Bytes;
@@ -21,9 +22,12 @@ use tower_service::Service;
 ///
 /// # Readiness
 ///
-/// `poll_ready` is the inner service's. `call` takes the instance that became
-/// ready (leaving a clone behind), reads the body, then calls that instance:
-/// the inner service is `Clone` for this reason.
+/// `poll_ready` is the inner service's, and the instance that became ready
+/// is the one that sends the request. A body already in memory (`Full`,
+/// `ReplayBody::full`, an empty body) is read in `call`, and that instance
+/// is called at once. A body that has to be waited for is read by the
+/// response future, which takes the ready instance along and leaves a
+/// clone behind: the inner service is `Clone` for this reason.
 #[derive(Clone, Debug)]
 pub struct ReplayService<S> {
     inner: S,
@@ -82,10 +86,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The ready instance goes with this request; a clone stays behind
-        // for the next `poll_ready`.
-        let clone = self.inner.clone();
-        let ready = mem::replace(&mut self.inner, clone);
-        ReplayFuture::new(ready, req, self.limit)
+        match start(req, self.limit) {
+            Start::Ready(req) => ReplayFuture::calling(self.inner.call(req)),
+            Start::Pending(buffer) => {
+                // The ready instance goes with this request; a clone stays
+                // behind for the next `poll_ready`.
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
+                ReplayFuture::buffering(ready, buffer)
+            }
+        }
     }
 }
