@@ -4,17 +4,28 @@
 //!
 //! ```text
 //! cargo bench --bench instructions --no-run
-//! valgrind --tool=callgrind target/release/deps/instructions-<hash> <tower|ours> <success|retry>
+//! valgrind --tool=callgrind target/release/deps/instructions-<hash> <tower|ours> <success|retry|http>
 //! ```
+//!
+//! `http` is the success path over an Ollama-shaped `POST`
+//! `http::Request<Full<Bytes>>` answered `200`: `tower::retry` with an
+//! equivalent policy against `HttpPolicy::new()`. Building each request is
+//! counted on both sides alike.
+//!
+//! Each service goes through `black_box`, as in the overhead benchmark, so
+//! that its policy is not folded into constants.
 //!
 //! Divide the total by the calls (1,000,000) for instructions per call; the
 //! program's start-up adds well under one instruction per call.
 
 mod support;
 
+use http::Method;
 use std::hint::black_box;
 use std::time::Duration;
+use support::http::{Ok200, TowerHttp, request};
 use support::{Echo, FailOnce, TowerAttempts, call_now};
+use tower_ollama_retry::http::HttpPolicy;
 use tower_ollama_retry::{OllamaPolicy, Retry};
 
 const CALLS: u64 = 1_000_000;
@@ -25,26 +36,29 @@ fn main() {
     let (Some(which), Some(path)) = (which, path) else {
         // `cargo bench` runs every bench binary with `--bench`: nothing to
         // count then.
-        eprintln!("usage: instructions <tower|ours> <success|retry>");
+        eprintln!("usage: instructions <tower|ours> <success|retry|http>");
         return;
     };
     let ours = || OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
     match (which.as_str(), path.as_str()) {
         ("tower", "success") => {
-            let mut svc = tower::retry::Retry::new(TowerAttempts::three(), Echo);
+            let mut svc = black_box(tower::retry::Retry::new(TowerAttempts::three(), Echo));
             for i in 0..CALLS {
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
             }
         }
         ("ours", "success") => {
-            let mut svc = Retry::new(Echo, ours());
+            let mut svc = black_box(Retry::new(Echo, ours()));
             for i in 0..CALLS {
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
             }
         }
         ("tower", "retry") => {
             let inner = FailOnce::default();
-            let mut svc = tower::retry::Retry::new(TowerAttempts::three(), inner.clone());
+            let mut svc = black_box(tower::retry::Retry::new(
+                TowerAttempts::three(),
+                inner.clone(),
+            ));
             for i in 0..CALLS {
                 inner.reset();
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
@@ -52,12 +66,24 @@ fn main() {
         }
         ("ours", "retry") => {
             let inner = FailOnce::default();
-            let mut svc = Retry::new(inner.clone(), ours());
+            let mut svc = black_box(Retry::new(inner.clone(), ours()));
             for i in 0..CALLS {
                 inner.reset();
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
             }
         }
-        _ => eprintln!("usage: instructions <tower|ours> <success|retry>"),
+        ("tower", "http") => {
+            let mut svc = black_box(tower::retry::Retry::new(TowerHttp::three(), Ok200));
+            for _ in 0..CALLS {
+                black_box(call_now(&mut svc, black_box(request(Method::POST)))).unwrap();
+            }
+        }
+        ("ours", "http") => {
+            let mut svc = black_box(Retry::new(Ok200, HttpPolicy::new()));
+            for _ in 0..CALLS {
+                black_box(call_now(&mut svc, black_box(request(Method::POST)))).unwrap();
+            }
+        }
+        _ => eprintln!("usage: instructions <tower|ours> <success|retry|http>"),
     }
 }

@@ -19,6 +19,11 @@
 //!   engine skips the timer for a zero delay, so this still completes in one
 //!   poll; `main` checks it does).
 //!
+//! Every service is built through `black_box`, as one read from
+//! configuration at run time would be: otherwise the compiler sees the
+//! policy's constant fields and folds its per-request clone away, which no
+//! real server gets.
+//!
 //! ```text
 //! CARGO_TARGET_DIR=/work/target-bench cargo bench --bench overhead
 //! ```
@@ -46,12 +51,12 @@ fn success_path(c: &mut Criterion) {
     let mut bare = Echo;
     g.bench_function("bare", |b| b.iter(|| call_now(&mut bare, black_box(7))));
 
-    let mut tower = tower::retry::Retry::new(TowerAttempts::three(), Echo);
+    let mut tower = black_box(tower::retry::Retry::new(TowerAttempts::three(), Echo));
     g.bench_function("tower_retry", |b| {
         b.iter(|| call_now(&mut tower, black_box(7)))
     });
 
-    let mut ours = Retry::new(Echo, OllamaPolicy::plain());
+    let mut ours = black_box(Retry::new(Echo, OllamaPolicy::plain()));
     assert_eq!(call_now(&mut tower, 7).unwrap(), 8);
     assert_eq!(call_now(&mut ours, 7).unwrap(), 8);
     g.bench_function("ours_ollama", |b| {
@@ -68,9 +73,12 @@ fn one_retry(c: &mut Criterion) {
     let mut g = c.benchmark_group("one_retry");
 
     let inner = FailOnce::default();
-    let mut tower = tower::retry::Retry::new(TowerAttempts::three(), inner.clone());
+    let mut tower = black_box(tower::retry::Retry::new(
+        TowerAttempts::three(),
+        inner.clone(),
+    ));
     let policy = OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
-    let mut ours = Retry::new(inner.clone(), policy);
+    let mut ours = black_box(Retry::new(inner.clone(), policy));
 
     // Both retry once and succeed, without a runtime.
     inner.reset();
@@ -110,7 +118,7 @@ fn one_retry(c: &mut Criterion) {
 #[cfg(feature = "http")]
 mod http {
     use super::support::http::*;
-    use super::{BatchSize, call_now};
+    use super::{BatchSize, black_box, call_now};
     use criterion::BenchmarkGroup;
     use criterion::measurement::WallTime;
     use http::Method;
@@ -139,18 +147,18 @@ mod http {
         bench(
             g,
             "tower_retry_http",
-            &mut tower::retry::Retry::new(TowerHttp::three(), Ok200),
+            &mut black_box(tower::retry::Retry::new(TowerHttp::three(), Ok200)),
             &post,
         );
         bench(
             g,
             "ours_http",
-            &mut Retry::new(Ok200, HttpPolicy::new()),
+            &mut black_box(Retry::new(Ok200, HttpPolicy::new())),
             &post,
         );
         // The whole Ollama stack (replay, retry, peek) in front of the
         // same in-memory service, as `http_loopback` runs it.
-        let mut stack = HttpRetryLayer::new(OllamaPolicy::default()).layer(Ok200);
+        let mut stack = black_box(HttpRetryLayer::new(OllamaPolicy::default()).layer(Ok200));
         assert_eq!(
             call_now(&mut stack, request(post.clone()))
                 .unwrap()
@@ -164,8 +172,8 @@ mod http {
         // A GET: `HttpPolicy` retries only idempotent methods by default.
         let get = Method::GET;
         let inner = Busy503Once::default();
-        let mut tower = tower::retry::Retry::new(TowerHttp::three(), inner.clone());
-        let mut ours = Retry::new(inner.clone(), http_policy_no_delay());
+        let mut tower = black_box(tower::retry::Retry::new(TowerHttp::three(), inner.clone()));
+        let mut ours = black_box(Retry::new(inner.clone(), http_policy_no_delay()));
 
         // Both retry once and answer 200, without a runtime.
         assert_eq!(

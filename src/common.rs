@@ -36,6 +36,24 @@ pub(crate) struct Common {
     shared: Option<Arc<Shared>>,
 }
 
+impl Drop for Common {
+    // Out of line unless configured: the per-request clone of a policy
+    // without shared parts then drops with one test, which keeps the drop
+    // glue of the response future small enough to inline.
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            release(shared);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn release(shared: Arc<Shared>) {
+    drop(shared);
+}
+
 impl fmt::Debug for Common {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.shared.as_deref();

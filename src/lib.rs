@@ -91,7 +91,7 @@ pub use error::{Reason, RetryError};
 pub use layer::RetryLayer;
 pub use ollama::{OllamaError, OllamaErrorKind, OllamaPolicy};
 pub use policy::{Finished, Policy};
-pub use recover::{Recover, recover_fn};
+pub use recover::{Recover, Recovered, recover_fn};
 pub use report::{FailedAttempt, MAX_RECORDED_FAILURES, Report};
 pub use service::Retry;
 pub use stats::{Stats, StatsSnapshot};

@@ -14,7 +14,9 @@
 //! is a hook. [`recover_fn`] helps the compiler infer such a closure.
 
 use crate::{Attempt, BoxError, Failure};
-use std::future::{Future, Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// An async hook run before the next attempt.
 pub trait Recover<Req> {
@@ -34,10 +36,28 @@ pub trait Recover<Req> {
 
 /// The no-op hook: recovery succeeds at once.
 impl<Req> Recover<Req> for () {
-    type Future = Ready<Result<(), BoxError>>;
+    type Future = Recovered;
 
     fn recover(&mut self, _: &Attempt, _: &Failure, _: &mut Req) -> Self::Future {
-        ready(Ok(()))
+        Recovered
+    }
+}
+
+/// The future of the no-op hook `()`: ready with `Ok(())` at once.
+///
+/// A type of its own rather than `Ready<Result<(), BoxError>>`: it holds no
+/// error that might need dropping, so a retry future whose policy has no
+/// hook carries nothing for it, and its drop stays small.
+#[derive(Clone, Copy, Debug, Default)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Recovered;
+
+impl Future for Recovered {
+    type Output = Result<(), BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -44,16 +44,20 @@ pub enum JitterKind {
 ///     assert!(d <= Duration::from_secs(1));
 /// }
 /// ```
-#[derive(Clone, Debug)]
+// `Copy` when `B` is: a policy holding it is cloned per request, and a
+// bitwise copy moves into the response future without store-forwarding
+// stalls (see `settings::Knobs`).
+#[derive(Clone, Copy, Debug)]
 pub struct Jitter<B> {
     inner: B,
     kind: JitterKind,
     floor: Duration,
     cap: Duration,
     seed: Option<u64>,
-    // Created on first use, so that the policy's template never holds one and
-    // each request's clone gets a fresh stream.
-    rng: Option<fastrand::Rng>,
+    // The generator's state, created on first use, so that the policy's
+    // template never holds one and each request's clone gets a fresh
+    // stream. Kept as its `u64` state so that `Jitter` can be `Copy`.
+    rng: Option<u64>,
     previous: Option<Duration>,
 }
 
@@ -95,12 +99,15 @@ impl<B> Jitter<B> {
         &self.inner
     }
 
-    fn rng(&mut self) -> &mut fastrand::Rng {
-        let seed = self.seed;
-        self.rng.get_or_insert_with(|| match seed {
-            Some(s) => fastrand::Rng::with_seed(s),
-            None => fastrand::Rng::new(),
-        })
+    /// Runs `f` on this request's generator, creating it on first use.
+    fn with_rng<T>(&mut self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+        let mut rng = match (self.rng, self.seed) {
+            (Some(state), _) | (None, Some(state)) => fastrand::Rng::with_seed(state),
+            (None, None) => fastrand::Rng::new(),
+        };
+        let out = f(&mut rng);
+        self.rng = Some(rng.get_seed());
+        out
     }
 
     fn bounds(&self) -> (Duration, Duration) {
@@ -128,25 +135,25 @@ impl<B: Backoff> Backoff for Jitter<B> {
         let d = match self.kind {
             JitterKind::Full => {
                 let d = self.inner.delay(attempt).min(cap);
-                uniform(self.rng(), Duration::ZERO, d)
+                self.with_rng(|rng| uniform(rng, Duration::ZERO, d))
             }
             JitterKind::Equal => {
                 let d = self.inner.delay(attempt).min(cap);
                 let half = d / 2;
-                half.saturating_add(uniform(self.rng(), Duration::ZERO, d - half))
+                half.saturating_add(self.with_rng(|rng| uniform(rng, Duration::ZERO, d - half)))
             }
             JitterKind::Decorrelated { base } => {
                 let base = base.min(cap);
                 let prev = self.previous.unwrap_or(base);
                 let hi = prev.saturating_mul(3).min(cap).max(base);
-                let d = uniform(self.rng(), base, hi);
+                let d = self.with_rng(|rng| uniform(rng, base, hi));
                 self.previous = Some(d);
                 d
             }
             JitterKind::Proportional(r) => {
                 let d = self.inner.delay(attempt).min(cap);
                 let r = if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
-                let factor = 1.0 - r + 2.0 * r * self.rng().f64();
+                let factor = 1.0 - r + 2.0 * r * self.with_rng(|rng| rng.f64());
                 // `as` saturates a too-large float, so this cannot wrap.
                 from_nanos((nanos(d) as f64 * factor) as u128)
             }

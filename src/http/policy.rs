@@ -158,11 +158,18 @@ pub fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
 /// ```
 #[derive(Clone, Debug)]
 pub struct HttpPolicy<B = DefaultHttpBackoff, R = ()> {
-    statuses: StatusSet,
-    non_idempotent: bool,
+    rules: Rules,
     backoff: B,
     recover: R,
     settings: Settings,
+}
+
+/// The plain-data part of an [`HttpPolicy`], `Copy` for the reason
+/// `settings::Knobs` is.
+#[derive(Clone, Copy, Debug)]
+struct Rules {
+    statuses: StatusSet,
+    non_idempotent: bool,
     // Per request: whether this request may be retried after it was sent.
     idempotent: bool,
 }
@@ -177,12 +184,14 @@ impl HttpPolicy {
     /// The defaults above.
     pub fn new() -> Self {
         Self {
-            statuses: StatusSet::default_retryable(),
-            non_idempotent: false,
+            rules: Rules {
+                statuses: StatusSet::default_retryable(),
+                non_idempotent: false,
+                idempotent: true,
+            },
             backoff: default_backoff(),
             recover: (),
             settings: Settings::new(3, Duration::from_secs(30)),
-            idempotent: true,
         }
     }
 }
@@ -192,25 +201,23 @@ impl<B, R> HttpPolicy<B, R> {
 
     /// The statuses to retry.
     pub fn with_statuses(mut self, statuses: StatusSet) -> Self {
-        self.statuses = statuses;
+        self.rules.statuses = statuses;
         self
     }
 
     /// Retries every method, not only idempotent ones.
     pub fn retry_non_idempotent(mut self, on: bool) -> Self {
-        self.non_idempotent = on;
+        self.rules.non_idempotent = on;
         self
     }
 
     /// The backoff between attempts.
     pub fn with_backoff<B2>(self, backoff: B2) -> HttpPolicy<B2, R> {
         HttpPolicy {
-            statuses: self.statuses,
-            non_idempotent: self.non_idempotent,
+            rules: self.rules,
             backoff,
             recover: self.recover,
             settings: self.settings,
-            idempotent: self.idempotent,
         }
     }
 
@@ -218,17 +225,15 @@ impl<B, R> HttpPolicy<B, R> {
     /// [`Decision::Recover`]. (`HttpPolicy` itself never does.)
     pub fn with_recover<R2>(self, recover: R2) -> HttpPolicy<B, R2> {
         HttpPolicy {
-            statuses: self.statuses,
-            non_idempotent: self.non_idempotent,
+            rules: self.rules,
             backoff: self.backoff,
             recover,
             settings: self.settings,
-            idempotent: self.idempotent,
         }
     }
 
     fn gate(&mut self, failure: Failure, sent: bool) -> Decision {
-        if failure.class() == Class::Fatal || (sent && !self.idempotent) {
+        if failure.class() == Class::Fatal || (sent && !self.rules.idempotent) {
             return Decision::Fatal(failure);
         }
         if !self.settings.admit(failure.class()) {
@@ -259,7 +264,7 @@ where
     settings_policy_methods!();
 
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
-        self.idempotent = self.non_idempotent
+        self.rules.idempotent = self.rules.non_idempotent
             || is_idempotent(req.method())
             || req.extensions().get::<RetryNonIdempotent>().is_some();
         replay_request(req)
@@ -268,7 +273,7 @@ where
     fn classify(&mut self, _: &Attempt, result: &Result<Response<ResB>, E>) -> Decision {
         match result {
             Ok(res) if already_retried(res) => Decision::Fatal(Failure::new(Class::Fatal)),
-            Ok(res) if self.statuses.contains(res.status().as_u16()) => {
+            Ok(res) if self.rules.statuses.contains(res.status().as_u16()) => {
                 let failure = Failure::new(status_class(res.status()))
                     .with_hint_opt(retry_after_header(res.headers()))
                     .with_message(
