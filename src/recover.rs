@@ -48,6 +48,16 @@ impl<Req> Recover<Req> for () {
 /// A type of its own rather than `Ready<Result<(), BoxError>>`: it holds no
 /// error that might need dropping, so a retry future whose policy has no
 /// hook carries nothing for it, and its drop stays small.
+///
+/// ```
+/// use tower_ollama_retry::{Attempt, Class, Failure, Recover, Recovered};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let recovered: Recovered =
+///     ().recover(&Attempt::new(1, 3), &Failure::new(Class::Oom), &mut "the request");
+/// assert!(recovered.await.is_ok());
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 #[must_use = "futures do nothing unless polled"]
 pub struct Recovered;
