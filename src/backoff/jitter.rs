@@ -53,10 +53,10 @@ pub struct Jitter<B> {
     kind: JitterKind,
     floor: Duration,
     cap: Duration,
-    seed: Option<u64>,
-    // The generator's state, created on first use, so that the policy's
-    // template never holds one and each request's clone gets a fresh
-    // stream. Kept as its `u64` state so that `Jitter` can be `Copy`.
+    // The generator's state: the seed until first use (each request's clone
+    // of a seeded template starts from it), or `None` for a fresh random
+    // stream per request. Kept as its `u64` state so that `Jitter` is
+    // `Copy`.
     rng: Option<u64>,
     previous: Option<Duration>,
 }
@@ -69,7 +69,6 @@ impl<B> Jitter<B> {
             kind,
             floor: Duration::ZERO,
             cap: Duration::MAX,
-            seed: None,
             rng: None,
             previous: None,
         }
@@ -89,8 +88,7 @@ impl<B> Jitter<B> {
 
     /// Fixes the random sequence (for tests and reproducible runs).
     pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self.rng = None;
+        self.rng = Some(seed);
         self
     }
 
@@ -101,9 +99,9 @@ impl<B> Jitter<B> {
 
     /// Runs `f` on this request's generator, creating it on first use.
     fn with_rng<T>(&mut self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
-        let mut rng = match (self.rng, self.seed) {
-            (Some(state), _) | (None, Some(state)) => fastrand::Rng::with_seed(state),
-            (None, None) => fastrand::Rng::new(),
+        let mut rng = match self.rng {
+            Some(state) => fastrand::Rng::with_seed(state),
+            None => fastrand::Rng::new(),
         };
         let out = f(&mut rng);
         self.rng = Some(rng.get_seed());

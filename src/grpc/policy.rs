@@ -350,6 +350,7 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
+    #[inline]
     fn finish(
         &mut self,
         finished: Finished<Response<ResB>, E>,

@@ -25,16 +25,22 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetryNonIdempotent;
 
-/// A set of HTTP status codes, as a bitset (no allocation, `Copy`).
+/// A set of HTTP failure statuses (4xx and 5xx), as a bitset: no
+/// allocation, `Copy`, and small, because every request's policy carries
+/// one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct StatusSet {
-    bits: [u64; 16],
+    // Bit `s - 400` for status `s`.
+    bits: [u64; 4],
 }
+
+/// The statuses a [`StatusSet`] can hold: the ones that report a failure.
+const FAILURES: std::ops::RangeInclusive<u16> = 400..=599;
 
 impl StatusSet {
     /// No status.
     pub const fn empty() -> Self {
-        Self { bits: [0; 16] }
+        Self { bits: [0; 4] }
     }
 
     /// 408, 429, 500, 502, 503 and 504: the statuses worth retrying.
@@ -42,24 +48,43 @@ impl StatusSet {
         [408, 429, 500, 502, 503, 504].into_iter().collect()
     }
 
-    /// Adds `status` (100 to 999; others are ignored).
+    /// Adds `status`. Only 400 to 599 can be added: any other status is not
+    /// a failure a retry could fix, and is ignored.
+    ///
+    /// ```
+    /// use tower_ollama_retry::http::StatusSet;
+    ///
+    /// let mut set = StatusSet::empty();
+    /// set.insert(418);
+    /// set.insert(302);
+    /// assert!(set.contains(418));
+    /// assert!(!set.contains(302));
+    /// ```
     pub fn insert(&mut self, status: u16) {
-        if (100..1000).contains(&status) {
-            self.bits[usize::from(status / 64)] |= 1 << (status % 64);
+        if let Some((word, bit)) = Self::slot(status) {
+            self.bits[word] |= bit;
         }
     }
 
     /// Removes `status`.
     pub fn remove(&mut self, status: u16) {
-        if (100..1000).contains(&status) {
-            self.bits[usize::from(status / 64)] &= !(1 << (status % 64));
+        if let Some((word, bit)) = Self::slot(status) {
+            self.bits[word] &= !bit;
         }
     }
 
     /// Whether `status` is in the set.
+    #[inline]
     pub fn contains(&self, status: u16) -> bool {
-        (100..1000).contains(&status)
-            && self.bits[usize::from(status / 64)] & (1 << (status % 64)) != 0
+        Self::slot(status).is_some_and(|(word, bit)| self.bits[word] & bit != 0)
+    }
+
+    #[inline]
+    fn slot(status: u16) -> Option<(usize, u64)> {
+        let offset = status.checked_sub(*FAILURES.start())?;
+        FAILURES
+            .contains(&status)
+            .then(|| (usize::from(offset / 64), 1 << (offset % 64)))
     }
 }
 
@@ -76,7 +101,7 @@ impl FromIterator<u16> for StatusSet {
 impl std::fmt::Debug for StatusSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set()
-            .entries((100..1000).filter(|s| self.contains(*s)))
+            .entries(FAILURES.filter(|s| self.contains(*s)))
             .finish()
     }
 }
@@ -309,6 +334,7 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
+    #[inline]
     fn finish(
         &mut self,
         finished: Finished<Response<ResB>, E>,

@@ -29,24 +29,40 @@ pub(crate) fn attach_report<B>(res: &mut http::Response<B>, report: Report) {
 /// How the HTTP policies end a loop: record it, hand a response back with
 /// its report (after `on_response` has had its say), and turn anything else
 /// into a [`RetryError`].
+///
+/// Inlined, with the rest out of line: a first-attempt success (the common
+/// case) has nothing to attach, and its response is handed on without
+/// being moved through the report handling.
+#[inline]
 pub(crate) fn finish_response<B, E: Into<BoxError>>(
     common: &Common,
     finished: Finished<http::Response<B>, E>,
     on_response: impl FnOnce(&mut http::Response<B>, &Report),
 ) -> Result<http::Response<B>, RetryError> {
     common.finish(finished.report());
-    let (last, recovery_error, report) = finished.into_parts();
-    match last {
+    match finished.last {
         Some(Ok(mut res)) => {
-            on_response(&mut res, &report);
-            attach_report(&mut res, report);
+            let report = finished.report;
+            if report.retried() || report.reason() != Reason::Success {
+                on_response(&mut res, &report);
+                attach_report(&mut res, report);
+            }
             Ok(res)
         }
-        last => Finished {
-            last,
-            recovery_error,
-            report,
-        }
-        .into_result(),
+        last => Err(failed(last, finished.recovery_error, finished.report)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn failed<B, E: Into<BoxError>>(
+    last: Option<Result<http::Response<B>, E>>,
+    recovery_error: Option<BoxError>,
+    report: Report,
+) -> RetryError {
+    let source = match last {
+        Some(Err(e)) => Some(e.into()),
+        _ => recovery_error,
+    };
+    RetryError::new(report, source)
 }
