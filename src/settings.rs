@@ -21,9 +21,41 @@ pub(crate) struct Settings {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Knobs {
     pub(crate) max_attempts: u32,
-    pub(crate) max_delay: Duration,
-    pub(crate) deadline: Option<Duration>,
+    pub(crate) max_delay: Nanos,
+    // `Nanos::MAX`: no deadline.
+    pub(crate) deadline: Nanos,
     pub(crate) limits: ClassLimits,
+}
+
+impl Knobs {
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<Duration> {
+        (self.deadline != Nanos::MAX).then(|| self.deadline.get())
+    }
+}
+
+/// A duration as whole nanoseconds in a `u64`: half the size of a
+/// `Duration`, for the settings that every request's policy copy carries.
+/// It saturates at about 584 years, which reads back as `Duration::MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Nanos(u64);
+
+impl Nanos {
+    pub(crate) const MAX: Self = Self(u64::MAX);
+
+    #[inline]
+    pub(crate) fn new(d: Duration) -> Self {
+        Self(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    #[inline]
+    pub(crate) fn get(self) -> Duration {
+        if self == Self::MAX {
+            Duration::MAX
+        } else {
+            Duration::from_nanos(self.0)
+        }
+    }
 }
 
 impl Settings {
@@ -31,8 +63,8 @@ impl Settings {
         Self {
             knobs: Knobs {
                 max_attempts,
-                max_delay,
-                deadline: None,
+                max_delay: Nanos::new(max_delay),
+                deadline: Nanos::MAX,
                 limits: ClassLimits::default(),
             },
             common: Common::default(),
@@ -47,7 +79,7 @@ impl Settings {
         attempt: &Attempt,
         failure: &Failure,
     ) -> Duration {
-        hinted_delay(backoff, attempt, failure, self.knobs.max_delay)
+        hinted_delay(backoff, attempt, failure, self.knobs.max_delay.get())
     }
 
     /// Counts a retryable failure against its class's limit.
@@ -78,7 +110,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_max_delay(Duration::from_secs(10));\n# let _ = policy;\n```"
         )]
         pub fn with_max_delay(mut self, max: std::time::Duration) -> Self {
-            self.settings.knobs.max_delay = max;
+            self.settings.knobs.max_delay = crate::settings::Nanos::new(max);
             self
         }
 
@@ -91,7 +123,7 @@ macro_rules! settings_builders {
             "let policy = ", $new, ".with_deadline(Duration::from_secs(30));\n# let _ = policy;\n```"
         )]
         pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
-            self.settings.knobs.deadline = Some(deadline);
+            self.settings.knobs.deadline = crate::settings::Nanos::new(deadline);
             self
         }
 
@@ -160,7 +192,7 @@ macro_rules! settings_policy_methods {
 
         #[inline]
         fn deadline(&self) -> Option<std::time::Duration> {
-            self.settings.knobs.deadline
+            self.settings.knobs.deadline()
         }
 
         fn permit_retry(

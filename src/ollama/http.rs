@@ -55,7 +55,7 @@ where
     settings_policy_methods!();
 
     fn measure_elapsed(&self) -> bool {
-        self.settings.knobs.deadline.is_some() || self.recover.needs_clock()
+        self.settings.knobs.deadline().is_some() || self.recover.needs_clock()
     }
 
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {

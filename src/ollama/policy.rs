@@ -2,7 +2,7 @@
 
 use super::rules::{Mode, classify_error};
 use crate::backoff::Linear;
-use crate::settings::{Settings, settings_builders, settings_policy_methods};
+use crate::settings::{Nanos, Settings, settings_builders, settings_policy_methods};
 use crate::{
     AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, OllamaError, Policy, Reason,
     Recover, RetryError,
@@ -84,7 +84,7 @@ pub struct OllamaPolicy<T = Http, R = ()> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Rules {
     pub(crate) mode: Mode,
-    pub(crate) retry_delay: Duration,
+    pub(crate) retry_delay: Nanos,
     // The class of the last failure, for `finish`'s CodeWorm messages.
     pub(crate) last_class: Class,
 }
@@ -123,7 +123,7 @@ impl OllamaPolicy {
         Self {
             rules: Rules {
                 mode,
-                retry_delay: Duration::from_secs(2),
+                retry_delay: Nanos::new(Duration::from_secs(2)),
                 last_class: Class::Success,
             },
             recover: (),
@@ -159,7 +159,7 @@ impl<T, R> OllamaPolicy<T, R> {
 
     /// The linear step (CodeWorm's `retry_delay`, default 2 s).
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
-        self.rules.retry_delay = delay;
+        self.rules.retry_delay = Nanos::new(delay);
         self
     }
 
@@ -218,8 +218,11 @@ impl<T, R> OllamaPolicy<T, R> {
     }
 
     pub(crate) fn delay(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
-        self.settings
-            .delay(&mut Linear::new(self.rules.retry_delay), attempt, failure)
+        self.settings.delay(
+            &mut Linear::new(self.rules.retry_delay.get()),
+            attempt,
+            failure,
+        )
     }
 
     /// The CodeWorm-shaped final error for a loop that ended without a
@@ -274,7 +277,7 @@ where
 
     #[inline]
     fn measure_elapsed(&self) -> bool {
-        self.settings.knobs.deadline.is_some() || self.recover.needs_clock()
+        self.settings.knobs.deadline().is_some() || self.recover.needs_clock()
     }
 
     #[inline]
