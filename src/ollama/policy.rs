@@ -2,7 +2,7 @@
 
 use super::rules::{Mode, classify_error};
 use crate::backoff::Linear;
-use crate::settings::{Nanos, Settings, settings_builders, settings_policy_methods};
+use crate::settings::{Settings, settings_builders, settings_policy_methods};
 use crate::{
     AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, OllamaError, Policy, Reason,
     Recover, RetryError,
@@ -83,10 +83,23 @@ pub struct OllamaPolicy<T = Http, R = ()> {
 /// [`Knobs`](crate::settings::Knobs) is.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Rules {
+    // CodeWorm's `retry_delay`, split like the durations in
+    // `settings::Knobs`.
+    retry_delay_secs: u64,
+    retry_delay_nanos: u32,
     pub(crate) mode: Mode,
-    pub(crate) retry_delay: Nanos,
     // The class of the last failure, for `finish`'s CodeWorm messages.
     pub(crate) last_class: Class,
+}
+
+impl Rules {
+    fn retry_delay(&self) -> Duration {
+        Duration::new(self.retry_delay_secs, self.retry_delay_nanos)
+    }
+
+    fn set_retry_delay(&mut self, delay: Duration) {
+        (self.retry_delay_secs, self.retry_delay_nanos) = (delay.as_secs(), delay.subsec_nanos());
+    }
 }
 
 impl<T, R: Clone> Clone for OllamaPolicy<T, R> {
@@ -122,8 +135,9 @@ impl OllamaPolicy {
     fn with_mode(mode: Mode) -> Self {
         Self {
             rules: Rules {
+                retry_delay_secs: 2,
+                retry_delay_nanos: 0,
                 mode,
-                retry_delay: Nanos::new(Duration::from_secs(2)),
                 last_class: Class::Success,
             },
             recover: (),
@@ -159,7 +173,7 @@ impl<T, R> OllamaPolicy<T, R> {
 
     /// The linear step (CodeWorm's `retry_delay`, default 2 s).
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
-        self.rules.retry_delay = Nanos::new(delay);
+        self.rules.set_retry_delay(delay);
         self
     }
 
@@ -218,11 +232,8 @@ impl<T, R> OllamaPolicy<T, R> {
     }
 
     pub(crate) fn delay(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
-        self.settings.delay(
-            &mut Linear::new(self.rules.retry_delay.get()),
-            attempt,
-            failure,
-        )
+        self.settings
+            .delay(&mut Linear::new(self.rules.retry_delay()), attempt, failure)
     }
 
     /// The CodeWorm-shaped final error for a loop that ended without a
