@@ -257,6 +257,36 @@ impl<B, R> HttpPolicy<B, R> {
         }
     }
 
+    /// Everything but the success path of `classify`.
+    fn classify_failure<ResB, E: AsStdError>(
+        &mut self,
+        result: &Result<Response<ResB>, E>,
+    ) -> Decision {
+        match result {
+            Ok(res) if already_retried(res) => Decision::Fatal(Failure::new(Class::Fatal)),
+            Ok(res) if self.rules.statuses.contains(res.status().as_u16()) => {
+                let failure = Failure::new(status_class(res.status()))
+                    .with_hint_opt(retry_after_header(res.headers()))
+                    .with_message(
+                        res.status()
+                            .canonical_reason()
+                            .unwrap_or("retryable status"),
+                    );
+                self.gate(failure, true)
+            }
+            Ok(_) => Decision::Success,
+            Err(e) => {
+                let Some(err) = e.as_std_error() else {
+                    return Decision::Success;
+                };
+                // One classification: a connection failure is the proof that
+                // nothing was sent (what `never_sent` says).
+                let class = classify_error(Mode::Default, err);
+                self.gate(Failure::new(class), class != Class::Connection)
+            }
+        }
+    }
+
     fn gate(&mut self, failure: Failure, sent: bool) -> Decision {
         if failure.class() == Class::Fatal || (sent && !self.rules.idempotent) {
             return Decision::Fatal(failure);
@@ -288,6 +318,9 @@ where
 
     settings_policy_methods!();
 
+    // Inlined: the engine calls it on the policy's fresh per-request copy,
+    // which must not escape into a call to stay a plain block copy.
+    #[inline]
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
         self.rules.idempotent = self.rules.non_idempotent
             || is_idempotent(req.method())
@@ -295,30 +328,17 @@ where
         replay_request(req)
     }
 
+    #[inline]
     fn classify(&mut self, _: &Attempt, result: &Result<Response<ResB>, E>) -> Decision {
-        match result {
-            Ok(res) if already_retried(res) => Decision::Fatal(Failure::new(Class::Fatal)),
-            Ok(res) if self.rules.statuses.contains(res.status().as_u16()) => {
-                let failure = Failure::new(status_class(res.status()))
-                    .with_hint_opt(retry_after_header(res.headers()))
-                    .with_message(
-                        res.status()
-                            .canonical_reason()
-                            .unwrap_or("retryable status"),
-                    );
-                self.gate(failure, true)
-            }
-            Ok(_) => Decision::Success,
-            Err(e) => {
-                let Some(err) = e.as_std_error() else {
-                    return Decision::Success;
-                };
-                // One classification: a connection failure is the proof that
-                // nothing was sent (what `never_sent` says).
-                let class = classify_error(Mode::Default, err);
-                self.gate(Failure::new(class), class != Class::Connection)
-            }
+        // A response whose status is not retryable, from a layer that did
+        // not already give up on it: the success path, inline.
+        if let Ok(res) = result
+            && !self.rules.statuses.contains(res.status().as_u16())
+            && !already_retried(res)
+        {
+            return Decision::Success;
         }
+        self.classify_failure(result)
     }
 
     fn backoff(&mut self, attempt: &Attempt, failure: &Failure) -> Duration {
