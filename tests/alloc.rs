@@ -181,8 +181,9 @@ fn http_cases() {
     use http::Method;
     use support::http::{Busy503Once, Ok200, Res, TowerHttp, request};
     const TOWER_HTTP_THREE: TowerHttp = TowerHttp::three();
+    use tower::Layer;
     use tower_ollama_retry::backoff::Constant;
-    use tower_ollama_retry::http::HttpPolicy;
+    use tower_ollama_retry::http::{HttpPolicy, HttpRetryLayer};
 
     fn status<E: std::fmt::Debug>(want: u16) -> impl FnMut(Result<Res, E>) {
         move |answer| assert_eq!(answer.unwrap().status(), want)
@@ -210,6 +211,17 @@ fn http_cases() {
     eprintln!("  bare_http            {bare:.3}");
     eprintln!("  tower_retry_http     {tower:.3}");
     eprintln!("  ours_http            {ours:.3}");
+
+    // The whole Ollama stack: replay (the body is read in `call`: boxing it
+    // to poll it costs 1, its single frame none), retry (the HeaderMap copy,
+    // 2) and peek (nothing for a 200).
+    let stack = per_call(
+        &mut HttpRetryLayer::new(OllamaPolicy::default()).layer(Ok200),
+        post,
+        nothing,
+        |answer: Result<http::Response<_>, _>| assert_eq!(answer.unwrap().status(), 200),
+    );
+    eprintln!("  ollama_stack_http    {stack:.3}  (HttpRetryLayer: replay, retry, peek)");
 
     // One retry: 503 then 200, a GET (HttpPolicy retries idempotent methods).
     let inner = Busy503Once::default();
@@ -239,6 +251,10 @@ fn http_cases() {
     );
 
     assert_eq!(bare, 0.0, "the bare http service allocates nothing");
+    assert!(
+        stack <= tower + 1.0,
+        "the Ollama stack allocates {stack} per call: more than the HeaderMap copy and the body box"
+    );
     assert!(
         ours <= tower,
         "ours_http {ours} > tower_retry_http {tower} allocations per call"

@@ -289,8 +289,11 @@ async fn full_body_is_buffered_without_a_copy_and_replays() {
         let expected = expected.clone();
         async move {
             assert!(req.body().is_replayable());
+            // The exact size hint carries the length (hyper writes the
+            // header from it, as the loopback test below sees): no header
+            // is added, and none allocated.
             assert_eq!(req.body().size_hint().exact(), Some(4096));
-            assert_eq!(req.headers()["content-length"], "4096");
+            assert!(!req.headers().contains_key("content-length"));
             for _ in 0..3 {
                 let copy = replay_request(&req).unwrap();
                 let got = drain(copy.into_body()).await;

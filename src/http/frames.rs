@@ -3,11 +3,15 @@
 use bytes::{Bytes, BytesMut};
 use http_body::SizeHint;
 
+/// The data frames read from a body. Most bodies in memory are one frame,
+/// which this holds without an allocation.
+pub(super) type Frames = smallvec::SmallVec<[Bytes; 1]>;
+
 /// Joins the data frames read from a body into one `Bytes`.
 ///
 /// No copy when there is at most one frame; otherwise exactly one copy into
 /// a buffer of the right size.
-pub(super) fn concat(mut frames: Vec<Bytes>, len: usize) -> Bytes {
+pub(super) fn concat(mut frames: Frames, len: usize) -> Bytes {
     if frames.len() <= 1 {
         return frames.pop().unwrap_or_default();
     }

@@ -9,7 +9,7 @@
 use super::PeekBody;
 use super::body::Rest;
 use crate::BoxError;
-use crate::http::frames::concat;
+use crate::http::frames::{Frames, concat};
 use bytes::Bytes;
 use http::{HeaderMap, Response, response::Parts};
 use http_body::Body;
@@ -55,7 +55,7 @@ struct Peek<B> {
     // Boxed so that it can be polled here and still be moved into the
     // `PeekBody` afterwards.
     body: Pin<Box<B>>,
-    frames: Vec<Bytes>,
+    frames: Frames,
     len: usize,
     limit: usize,
     // The peek's own bound: it runs above any per-attempt timeout, so a
@@ -206,7 +206,7 @@ where
                     let peek = Peek {
                         parts,
                         body: Box::pin(body),
-                        frames: Vec::new(),
+                        frames: Frames::new(),
                         len: 0,
                         limit: *this.limit,
                         timer,

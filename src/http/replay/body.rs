@@ -2,7 +2,7 @@
 //! sent again) or streamed once.
 
 use crate::BoxError;
-use crate::http::frames::{add_hint, at_least, queued_len};
+use crate::http::frames::{Frames, add_hint, at_least, queued_len};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -61,7 +61,9 @@ pin_project! {
         // The whole body, buffered: replayable.
         Full {
             data: Bytes,
-            trailers: Option<HeaderMap>,
+            // Boxed: request trailers are rare, and every request (and its
+            // replay copy) carries this body inline.
+            trailers: Option<Box<HeaderMap>>,
             next: Next,
         },
         // Known to be too large before any byte was read: sent as it is.
@@ -107,7 +109,7 @@ impl<B> ReplayBody<B> {
         Self {
             kind: Kind::Full {
                 data,
-                trailers,
+                trailers: trailers.map(Box::new),
                 next: Next::Data,
             },
         }
@@ -121,20 +123,20 @@ impl<B> ReplayBody<B> {
     }
 
     /// The frames already read from `body`, then the rest of it, once.
-    pub(super) fn resumed(read: Vec<Bytes>, body: Pin<Box<B>>) -> Self {
+    pub(super) fn resumed(read: Frames, body: Pin<Box<B>>) -> Self {
         Self {
             kind: Kind::Resumed {
-                read: read.into(),
+                read: read.into_iter().collect(),
                 body,
             },
         }
     }
 
     /// The frames read before a body failed, then its error, once.
-    pub(super) fn failed(read: Vec<Bytes>, error: BoxError) -> Self {
+    pub(super) fn failed(read: Frames, error: BoxError) -> Self {
         Self {
             kind: Kind::Failed {
-                read: read.into(),
+                read: read.into_iter().collect(),
                 error: Some(error),
             },
         }
@@ -161,9 +163,13 @@ impl<B> ReplayBody<B> {
     /// Cheap: the data is shared, not copied (trailers, if any, are cloned).
     pub fn try_clone(&self) -> Option<Self> {
         match &self.kind {
-            Kind::Full { data, trailers, .. } => {
-                Some(Self::buffered(data.clone(), trailers.clone()))
-            }
+            Kind::Full { data, trailers, .. } => Some(Self {
+                kind: Kind::Full {
+                    data: data.clone(),
+                    trailers: trailers.clone(),
+                    next: Next::Data,
+                },
+            }),
             _ => None,
         }
     }
@@ -196,7 +202,7 @@ where
                 if *next == Next::Trailers {
                     *next = Next::End;
                     if let Some(trailers) = trailers {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
+                        return Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::clone(trailers)))));
                     }
                 }
                 Poll::Ready(None)

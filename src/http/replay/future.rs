@@ -10,7 +10,7 @@
 
 use super::ReplayBody;
 use crate::BoxError;
-use crate::http::frames::concat;
+use crate::http::frames::{Frames, concat};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Request, request::Parts};
@@ -67,7 +67,7 @@ pub(super) struct Buffer<B> {
     // Boxed so that it can be polled here and still be moved into the
     // `ReplayBody` if it turns out to be too large.
     body: Pin<Box<B>>,
-    frames: Vec<Bytes>,
+    frames: Frames,
     len: usize,
     trailers: Option<HeaderMap>,
     limit: usize,
@@ -111,13 +111,18 @@ where
         return Start::Ready(Request::from_parts(parts, ReplayBody::stream(body)));
     }
 
+    // A body of unknown length gets the `content-length` it turns out to
+    // have, so that every attempt has the same head. One that knew its
+    // exact length keeps saying so through its size hint, from which hyper
+    // writes the same header on every attempt: adding it here would only
+    // allocate.
     let set_length = !parts.headers.contains_key(CONTENT_LENGTH)
         && !parts.headers.contains_key(TRANSFER_ENCODING)
-        && hint.exact() != Some(0);
+        && hint.exact().is_none();
     let mut buffer = Buffer {
         parts,
         body: Box::pin(body),
-        frames: Vec::new(),
+        frames: Frames::new(),
         len: 0,
         trailers: None,
         limit,

@@ -14,7 +14,7 @@
 //! | the body | what is sent | replayable |
 //! |---|---|---|
 //! | ends within the limit | one buffered `Bytes` (no copy for a single-frame body), then its trailers | yes |
-//! | ... and had no `content-length` | the same, with `content-length` set to the buffered length, so every attempt has the same head | yes |
+//! | ... had no `content-length` and no exact size hint (a stream) | the same, with `content-length` set to the buffered length, so every attempt has the same head | yes |
 //! | has a `size_hint` lower bound or a `content-length` over the limit | the original body, untouched, never buffered | no |
 //! | goes over the limit while being read | the bytes already read, then the rest of the original body | no |
 //! | fails while being read | the bytes already read, then that error | no |
@@ -24,6 +24,10 @@
 //! the retry loop hands back its first result. A body over the limit is
 //! reported with a `tracing` warning. A body error is never swallowed: the
 //! client sees it while sending and fails that attempt.
+//!
+//! A body that knew its exact length (`Full`, a `ReplayBody` of bytes)
+//! gets no header: its exact size hint says the same, and hyper writes the
+//! same `content-length` from it on every attempt.
 //!
 //! A `content-length` that the request already has is left alone. One that
 //! disagrees with the buffered body would cut or stall the message on the
