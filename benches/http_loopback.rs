@@ -1,6 +1,10 @@
-//! Loopback HTTP throughput: a hyper-util legacy `Client` alone, and the
-//! same client under the whole Ollama stack,
-//! `HttpRetryLayer::new(OllamaPolicy::default())` (replay, retry, peek).
+//! Loopback HTTP throughput: a hyper-util legacy `Client` alone, the same
+//! client under `tower::retry::Retry` (3 attempts, retrying errors and 5xx,
+//! copying each request the way ours does), and under the whole Ollama
+//! stack, `HttpRetryLayer::new(OllamaPolicy::default())` (replay, retry,
+//! peek). Any tower retry layer clones the inner service for every request
+//! (the future must own a ready one); a hyper-util `Client` clone is five
+//! reference counts, which `tower_retry` shows on its own.
 //!
 //! A hyper 1 HTTP/1 server on `127.0.0.1:0` reads each request body and
 //! answers `200` with an Ollama-shaped `/api/generate` JSON body of about
@@ -95,6 +99,40 @@ fn connector() -> HttpConnector {
     c
 }
 
+/// `tower::retry`'s policy for the comparison: 3 attempts in all, a retry
+/// on an error or a 5xx, the request copied (head and body) as
+/// `replay_request` copies it.
+#[derive(Clone, Copy)]
+struct TowerAttempts(u32);
+
+impl<B, E> tower::retry::Policy<Request<Full<Bytes>>, Response<B>, E> for TowerAttempts {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<Full<Bytes>>,
+        result: &mut Result<Response<B>, E>,
+    ) -> Option<Self::Future> {
+        let failed = result
+            .as_ref()
+            .map_or(true, |r| r.status().is_server_error());
+        (failed && self.0 > 0).then(|| {
+            self.0 -= 1;
+            std::future::ready(())
+        })
+    }
+
+    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        let mut copy = Request::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
 fn request(uri: &Uri) -> Request<Full<Bytes>> {
     let mut req = Request::new(Full::new(Bytes::from_static(PROMPT)));
     *req.method_mut() = http::Method::POST;
@@ -178,14 +216,18 @@ fn main() {
         .expect("a URI");
 
     // Built inside the runtime: the client's pool spawns its idle reaper.
-    let (bare, stack) = rt.block_on(async {
+    let (bare, tower_retry, stack) = rt.block_on(async {
         let bare: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector());
+        let tower_retry = tower::retry::Retry::new(
+            TowerAttempts(2),
+            Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector()),
+        );
         let client: Client<_, ReplayBody<Full<Bytes>>> =
             Client::builder(TokioExecutor::new()).build(connector());
         let stack = ServiceBuilder::new()
             .layer(HttpRetryLayer::new(OllamaPolicy::default()))
             .service(client);
-        (bare, stack)
+        (bare, tower_retry, stack)
     });
 
     // What each request's future weighs: it is moved into the task set
@@ -198,6 +240,7 @@ fn main() {
 
     // Both work before anything is timed.
     run_on(&rt, &bare, &uri, IN_FLIGHT as u64);
+    run_on(&rt, &tower_retry, &uri, IN_FLIGHT as u64);
     run_on(&rt, &stack, &uri, IN_FLIGHT as u64);
 
     let mut c = Criterion::default()
@@ -211,6 +254,9 @@ fn main() {
         g.bench_function("bare_client", |b| {
             b.iter_custom(|n| run_on(&rt, &bare, &uri, n))
         });
+        g.bench_function("tower_retry", |b| {
+            b.iter_custom(|n| run_on(&rt, &tower_retry, &uri, n))
+        });
         g.bench_function("ollama_stack", |b| {
             b.iter_custom(|n| run_on(&rt, &stack, &uri, n))
         });
@@ -218,62 +264,62 @@ fn main() {
     }
     c.final_summary();
 
-    // Interleaved A/B rounds, only under `cargo bench` (not `--profile-time`).
+    // Interleaved rounds, only under `cargo bench` (not `--profile-time`):
+    // each round runs the three variants, in an order that rotates, so that
+    // none always runs while the machine is busier.
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--profile-time") {
         const ROUNDS: usize = 9;
         const PER_ROUND: u64 = 8_000;
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        let (mut opened_a, mut opened_b) = (0, 0);
-        let mut ratios = Vec::new();
-        let (mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new());
+        const NAMES: [&str; 3] = ["bare_client", "tower_retry", "ollama_stack"];
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        let mut cpus: [Vec<f64>; 3] = Default::default();
+        let mut opened = [0; 3];
+        let (mut stack_ratios, mut tower_ratios) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            // Alternate which goes first, so neither always runs second.
-            let one = |stack_side: bool| {
+            let mut rate = [0.0; 3];
+            for turn in 0..3 {
+                let which = (round + turn) % 3;
                 let before = ACCEPTED.load(Ordering::Relaxed);
                 let cpu_before = cpu_ns();
-                let took = if stack_side {
-                    run_on(&rt, &stack, &uri, PER_ROUND)
-                } else {
-                    run_on(&rt, &bare, &uri, PER_ROUND)
+                let took = match which {
+                    0 => run_on(&rt, &bare, &uri, PER_ROUND),
+                    1 => run_on(&rt, &tower_retry, &uri, PER_ROUND),
+                    _ => run_on(&rt, &stack, &uri, PER_ROUND),
                 };
                 let cpu = cpu_before
                     .zip(cpu_ns())
                     .map(|(b, a)| (a - b) as f64 / PER_ROUND as f64);
-                let opened = ACCEPTED.load(Ordering::Relaxed) - before;
-                ((rps(PER_ROUND, took), cpu.unwrap_or(f64::NAN)), opened)
-            };
-            let ((ra, oa), (rb, ob)) = if round % 2 == 0 {
-                let x = one(false);
-                (x, one(true))
-            } else {
-                let y = one(true);
-                (one(false), y)
-            };
-            a.push(ra.0);
-            b.push(rb.0);
-            ratios.push(rb.0 / ra.0);
-            cpu_a.push(ra.1);
-            cpu_b.push(rb.1);
-            opened_a += oa;
-            opened_b += ob;
+                opened[which] += ACCEPTED.load(Ordering::Relaxed) - before;
+                rate[which] = rps(PER_ROUND, took);
+                rates[which].push(rate[which]);
+                cpus[which].push(cpu.unwrap_or(f64::NAN));
+            }
+            tower_ratios.push(rate[1] / rate[0]);
+            stack_ratios.push(rate[2] / rate[0]);
         }
-        let (a, b, ratio) = (median(a), median(b), median(ratios));
+        let rate = rates.map(median);
+        let cpu = cpus.map(|c| median(c) / 1000.0);
         println!(
-            "interleaved A/B, {ROUNDS} rounds of {PER_ROUND} requests, {IN_FLIGHT} in flight: \
-             bare_client {a:.0} req/s, ollama_stack {b:.0} req/s (medians); \
-             median per-round ratio {ratio:.3}"
+            "interleaved rounds, {ROUNDS} of {PER_ROUND} requests each, {IN_FLIGHT} in flight (medians):"
         );
-        let (cpu_a, cpu_b) = (median(cpu_a) / 1000.0, median(cpu_b) / 1000.0);
+        for i in 0..3 {
+            println!(
+                "  {:<13} {:>7.0} req/s  {:>6.2} us CPU per request  (+{:.2} us)  {} connections opened",
+                NAMES[i],
+                rate[i],
+                cpu[i],
+                cpu[i] - cpu[0],
+                opened[i]
+            );
+        }
         println!(
-            "CPU per request (client and server, this process): bare_client {cpu_a:.2} us, \
-             ollama_stack {cpu_b:.2} us, +{:.2} us ({:.1}%)",
-            cpu_b - cpu_a,
-            100.0 * (cpu_b - cpu_a) / cpu_a
+            "  per-round ratio to bare_client: tower_retry {:.3}, ollama_stack {:.3}",
+            median(tower_ratios),
+            median(stack_ratios)
         );
         println!(
-            "connections opened during the A/B rounds: bare_client {opened_a}, ollama_stack {opened_b} \
-             ({} accepted in all)",
+            "  ({} connections accepted in all)",
             ACCEPTED.load(Ordering::Relaxed)
         );
     }
