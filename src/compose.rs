@@ -96,6 +96,7 @@ impl<C, B, R> RetryPolicy<C, B, R> {
 
 /// The delay for a failure: the server's hint if it gave one, else the
 /// backoff's; either way at most `max`.
+#[inline]
 pub(crate) fn hinted_delay<B: Backoff>(
     backoff: &mut B,
     attempt: &Attempt,

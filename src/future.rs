@@ -56,6 +56,7 @@ pin_project! {
     /// `where` clause on the struct would be re-checked with erased
     /// lifetimes when the future is held across an `.await` in another
     /// `Send` future, and fail for errors such as `BoxError`.
+    #[project = RetryFutureProj]
     pub struct RetryFuture<S, P, Req, F, R, Res, E> {
         #[pin]
         state: State<F, R>,
@@ -219,16 +220,8 @@ fn recovery_names(class: Class) -> [&'static str; 3] {
     }
 }
 
-/// What one poll of the current state produced.
-enum Step<Res, E, RE> {
-    // An attempt's result, with the decision when the fast path took it.
-    Finished(Result<Res, E>, Option<Decision>),
-    Slept,
-    Recovered(Result<(), RE>, Class),
-    RecoveryPastDeadline,
-    Ready(Result<(), E>),
-    NoAttempts,
-}
+/// How a loop ended: the last result, the recovery hook's error, why.
+type Ending<Res, E> = (Option<Result<Res, E>>, Option<crate::BoxError>, Reason);
 
 impl<S, P, Req, F, R, Res, E> Future for RetryFuture<S, P, Req, F, R, Res, E>
 where
@@ -260,7 +253,7 @@ where
                     Reason::Success,
                 ));
             }
-            return self.poll_loop(cx, Some(Step::Finished(result, Some(decision))));
+            return self.poll_loop(cx, Some((result, decision)));
         }
         self.poll_loop(cx, None)
     }
@@ -273,236 +266,271 @@ where
     P: Policy<Req, Res, E, Recover = R>,
     R: Future<Output = Result<(), crate::BoxError>>,
 {
-    /// The whole loop, from `first` (a step already taken) or from polling
-    /// the current state.
+    /// The whole loop, from the first attempt's classified result (when
+    /// the fast path in `poll` had it) or from the current state.
+    ///
+    /// Each state is polled and its outcome handled in place: a result is
+    /// moved once, into the retry state, and only when the loop waits.
     #[inline(never)]
     fn poll_loop(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        mut first: Option<Step<Res, E, crate::BoxError>>,
+        first: Option<(Result<Res, E>, Decision)>,
     ) -> Poll<Result<Res, P::Error>> {
         let mut this = self.project();
-        loop {
-            let step = if let Some(step) = first.take() {
-                Poll::Ready(step)
-            } else {
-                match this.retrying.0.as_deref_mut() {
-                    // The success path: no span, nothing to enter or drop.
-                    None => poll_state(this.state.as_mut(), this.service, None, cx),
-                    Some(Retrying { span, sleep, .. }) => {
-                        let _entered = span.as_ref().map(Span::enter);
-                        poll_state(this.state.as_mut(), this.service, sleep.as_mut(), cx)
+        let ending = 'ending: {
+            if let Some((result, decision)) = first
+                && let Some(ending) = after_attempt(&mut this, result, decision)
+            {
+                break 'ending ending;
+            }
+            loop {
+                match this.state.as_mut().project() {
+                    StateProj::Calling { future } => {
+                        let result = {
+                            let _entered = enter(&this.retrying.0);
+                            ready!(future.poll(cx))
+                        };
+                        let decision = this.policy.classify(this.attempt, &result);
+                        if let Some(ending) = after_attempt(&mut this, result, decision) {
+                            break 'ending ending;
+                        }
+                    }
+                    StateProj::Waiting => {
+                        if let Some(r) = this.retrying.0.as_deref_mut()
+                            && let Some(sleep) = r.sleep.as_mut()
+                        {
+                            let _entered = r.span.as_ref().map(Span::enter);
+                            ready!(sleep.as_mut().poll(cx));
+                        }
+                        this.state.set(State::Readying);
+                    }
+                    StateProj::Recovering {
+                        future,
+                        class,
+                        bounded,
+                    } => {
+                        let (class, bounded) = (*class, *bounded);
+                        let r = retrying(&mut this.retrying.0);
+                        let outcome = {
+                            let _entered = r.span.as_ref().map(Span::enter);
+                            match future.poll(cx) {
+                                Poll::Ready(outcome) => outcome,
+                                Poll::Pending => {
+                                    // A recovery has no known length: it
+                                    // races the overall deadline.
+                                    if let (true, Some(deadline)) = (bounded, r.sleep.as_mut()) {
+                                        ready!(deadline.as_mut().poll(cx));
+                                        in_span(&r.span, || {
+                                            tracing::warn!(
+                                                attempt = this.attempt.number,
+                                                "recovery_past_deadline"
+                                            )
+                                        });
+                                        break 'ending (r.last.take(), None, Reason::Deadline);
+                                    }
+                                    return Poll::Pending;
+                                }
+                            }
+                        };
+                        if let Some(ending) = after_recovery(&mut this, outcome, class) {
+                            break 'ending ending;
+                        }
+                    }
+                    StateProj::Readying => {
+                        // A run of immediate retries must not starve the
+                        // executor: tokio's cooperative budget makes a long
+                        // one yield (and is a no-op outside a runtime).
+                        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+                        let ready = {
+                            let _entered = enter(&this.retrying.0);
+                            ready!(this.service.poll_ready(cx))
+                        };
+                        coop.made_progress();
+                        if let Some(ending) = when_ready(&mut this, ready) {
+                            break 'ending ending;
+                        }
+                    }
+                    StateProj::NoAttempts => break 'ending (None, None, Reason::NoAttempts),
+                    StateProj::Done => {
+                        panic!("tower_ollama_retry::ResponseFuture polled after completion")
                     }
                 }
-            };
-            let Poll::Ready(step) = step else {
-                return Poll::Pending;
-            };
+            }
+        };
+        let (last, recovery_error, reason) = ending;
+        this.state.set(State::Done);
+        let failures = this
+            .retrying
+            .0
+            .take()
+            .map(|r| r.failures)
+            .unwrap_or_default();
+        Poll::Ready(finish(
+            this.policy,
+            failures,
+            this.attempt,
+            last,
+            recovery_error,
+            reason,
+        ))
+    }
+}
 
-            let attempt: &mut Attempt = this.attempt;
-            let (last, recovery_error, reason) = match step {
-                Step::NoAttempts => (None, None, Reason::NoAttempts),
-                Step::Finished(result, decided) => {
-                    // The fast path may have classified it already; a policy
-                    // must see each outcome once (its limits count them).
-                    let decision =
-                        decided.unwrap_or_else(|| this.policy.classify(attempt, &result));
-                    let recover = matches!(decision, Decision::Recover(_));
-                    match decision {
-                        Decision::Success => {
-                            if this.retrying.0.is_some() {
-                                in_span(span_of(&this.retrying.0), || {
-                                    tracing::info!(attempt = attempt.number, "retry_succeeded")
-                                });
-                            }
-                            (Some(result), None, Reason::Success)
-                        }
-                        Decision::Fatal(failure) => {
-                            record(&mut this.retrying.0, attempt, &failure);
-                            in_span(span_of(&this.retrying.0), || {
-                                tracing::debug!(
-                                    attempt = attempt.number,
-                                    class = %failure.class(),
-                                    message = failure.message().unwrap_or(""),
-                                    "fatal_failure"
-                                )
-                            });
-                            (Some(result), None, Reason::Fatal)
-                        }
-                        Decision::Retry(failure) | Decision::Recover(failure) => {
-                            let r = record(&mut this.retrying.0, attempt, &failure);
-                            match schedule(this.policy, this.next, r, attempt, &failure, recover) {
-                                Ok(next_state) => {
-                                    r.last = Some(result);
-                                    r.failure = Some(failure);
-                                    this.state.set(next_state);
-                                    continue;
-                                }
-                                Err(reason) => (Some(result), None, reason),
-                            }
-                        }
-                    }
-                }
-                Step::Slept => {
-                    this.state.set(State::Readying);
-                    continue;
-                }
-                Step::RecoveryPastDeadline => {
-                    let r = retrying(&mut this.retrying.0);
-                    in_span(&r.span, || {
-                        tracing::warn!(attempt = attempt.number, "recovery_past_deadline")
-                    });
-                    (r.last.take(), None, Reason::Deadline)
-                }
-                Step::Recovered(outcome, class) => {
-                    attempt.recoveries = attempt.recoveries.saturating_add(1);
-                    let [_, complete, failed] = recovery_names(class);
-                    let r = retrying(&mut this.retrying.0);
-                    match outcome {
-                        Err(e) => {
-                            in_span(
-                                &r.span,
-                                || tracing::error!(attempt = attempt.number, error = %e, "{failed}"),
-                            );
-                            // The hook's error ends the request; the failed
-                            // attempt's result is dropped, as in CodeWorm.
-                            r.last.take();
-                            (None, Some(e), Reason::RecoveryFailed)
-                        }
-                        Ok(()) => {
-                            in_span(&r.span, || {
-                                tracing::info!(attempt = attempt.number, "{complete}")
-                            });
-                            if attempt.is_last() {
-                                (r.last.take(), None, exhausted(&r.span, attempt))
-                            } else if let Some(reason) =
-                                past_deadline(this.policy, attempt, Duration::ZERO)
-                            {
-                                (r.last.take(), None, reason)
-                            } else {
-                                this.state.set(State::Readying);
-                                continue;
-                            }
-                        }
-                    }
-                }
-                Step::Ready(Err(e)) => (Some(Err(e)), None, Reason::Readiness),
-                Step::Ready(Ok(())) => {
-                    let r = retrying(&mut this.retrying.0);
-                    let mut upcoming = *attempt;
-                    upcoming.number = upcoming.number.saturating_add(1);
-                    let failure = r.failure.take().unwrap_or(Failure::new(Class::Transient));
-                    // The copy first, then the budget: a retry that cannot
-                    // be sent must cost no token.
-                    match this.next.take() {
-                        None => (r.last.take(), None, Reason::NotReplayable),
-                        Some(req) => match this.policy.permit_retry(&upcoming, &failure) {
-                            Err(reason) => {
-                                in_span(&r.span, || {
-                                    tracing::warn!(
-                                        attempt = upcoming.number,
-                                        reason = reason.as_str(),
-                                        "retry_denied"
-                                    )
-                                });
-                                (r.last.take(), None, reason)
-                            }
-                            Ok(()) => {
-                                if attempt.started.is_some() {
-                                    upcoming.sent_at = Some(Instant::now());
-                                }
-                                *attempt = upcoming;
-                                if r.span.is_some() {
-                                    // A span per attempt, so that every event
-                                    // under it names the attempt it belongs to.
-                                    r.span = Some(attempt_span(&upcoming));
-                                }
-                                r.last.take();
-                                *this.next = this.policy.replay(&req);
-                                let future = this.service.call(req);
-                                this.state.set(State::Calling { future });
-                                continue;
-                            }
-                        },
-                    }
-                }
-            };
-            this.state.set(State::Done);
-            let failures = this
-                .retrying
-                .0
-                .take()
-                .map(|r| r.failures)
-                .unwrap_or_default();
-            return Poll::Ready(finish(
-                this.policy,
-                failures,
-                attempt,
-                last,
-                recovery_error,
-                reason,
-            ));
+/// After an attempt: the state that follows it is set, or the loop ends.
+#[inline]
+fn after_attempt<S, P, Req, F, R, Res, E>(
+    this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
+    result: Result<Res, E>,
+    decision: Decision,
+) -> Option<Ending<Res, E>>
+where
+    P: Policy<Req, Res, E, Recover = R>,
+{
+    let attempt: &mut Attempt = this.attempt;
+    match decision {
+        Decision::Success => {
+            if let Some(r) = this.retrying.0.as_deref() {
+                in_span(&r.span, || {
+                    tracing::info!(attempt = attempt.number, "retry_succeeded")
+                });
+            }
+            Some((Some(result), None, Reason::Success))
+        }
+        Decision::Fatal(failure) => {
+            let r = record(&mut this.retrying.0, attempt, &failure);
+            in_span(&r.span, || {
+                tracing::debug!(
+                    attempt = attempt.number,
+                    class = %failure.class(),
+                    message = failure.message().unwrap_or(""),
+                    "fatal_failure"
+                )
+            });
+            Some((Some(result), None, Reason::Fatal))
+        }
+        Decision::Retry(failure) => retry(this, result, failure, false),
+        Decision::Recover(failure) => retry(this, result, failure, true),
+    }
+}
+
+/// A retryable failure: schedule what follows, holding the result (the
+/// loop's answer if it stops while waiting), or end here.
+#[inline]
+fn retry<S, P, Req, F, R, Res, E>(
+    this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
+    result: Result<Res, E>,
+    failure: Failure,
+    recover: bool,
+) -> Option<Ending<Res, E>>
+where
+    P: Policy<Req, Res, E, Recover = R>,
+{
+    let r = record(&mut this.retrying.0, this.attempt, &failure);
+    match schedule(this.policy, this.next, r, this.attempt, &failure, recover) {
+        Ok(next_state) => {
+            r.last = Some(result);
+            r.failure = Some(failure);
+            this.state.set(next_state);
+            None
+        }
+        Err(reason) => Some((Some(result), None, reason)),
+    }
+}
+
+/// After a recovery: on to the next attempt, or the end.
+fn after_recovery<S, P, Req, F, R, Res, E>(
+    this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
+    outcome: Result<(), crate::BoxError>,
+    class: Class,
+) -> Option<Ending<Res, E>>
+where
+    P: Policy<Req, Res, E, Recover = R>,
+{
+    let attempt: &mut Attempt = this.attempt;
+    attempt.recoveries = attempt.recoveries.saturating_add(1);
+    let [_, complete, failed] = recovery_names(class);
+    let r = retrying(&mut this.retrying.0);
+    match outcome {
+        Err(e) => {
+            in_span(
+                &r.span,
+                || tracing::error!(attempt = attempt.number, error = %e, "{failed}"),
+            );
+            // The hook's error ends the request; the failed attempt's
+            // result is dropped, as in CodeWorm.
+            r.last.take();
+            Some((None, Some(e), Reason::RecoveryFailed))
+        }
+        Ok(()) => {
+            in_span(&r.span, || {
+                tracing::info!(attempt = attempt.number, "{complete}")
+            });
+            if attempt.is_last() {
+                Some((r.last.take(), None, exhausted(&r.span, attempt)))
+            } else if let Some(reason) = past_deadline(&*this.policy, attempt, Duration::ZERO) {
+                Some((r.last.take(), None, reason))
+            } else {
+                this.state.set(State::Readying);
+                None
+            }
         }
     }
 }
 
-/// Polls the current state once.
-#[inline]
-fn poll_state<S, Req, F, R, Res, E>(
-    state: Pin<&mut State<F, R>>,
-    service: &mut S,
-    sleep: Option<&mut Pin<Box<Sleep>>>,
-    cx: &mut Context<'_>,
-) -> Poll<Step<Res, E, crate::BoxError>>
+/// The inner service is ready (or failed to be) for the next attempt: send
+/// it, or end the loop.
+fn when_ready<S, P, Req, F, R, Res, E>(
+    this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
+    ready: Result<(), E>,
+) -> Option<Ending<Res, E>>
 where
     S: Service<Req, Future = F, Response = Res, Error = E>,
-    F: Future<Output = Result<Res, E>>,
-    R: Future<Output = Result<(), crate::BoxError>>,
+    P: Policy<Req, Res, E, Recover = R>,
 {
-    Poll::Ready(match state.project() {
-        StateProj::Calling { future } => Step::Finished(ready!(future.poll(cx)), None),
-        StateProj::Waiting => {
-            if let Some(sleep) = sleep {
-                ready!(sleep.as_mut().poll(cx));
-            }
-            Step::Slept
-        }
-        StateProj::Recovering {
-            future,
-            class,
-            bounded,
-        } => {
-            let class = *class;
-            if let Poll::Ready(outcome) = future.poll(cx) {
-                return Poll::Ready(Step::Recovered(outcome, class));
-            }
-            if let (true, Some(deadline)) = (*bounded, sleep) {
-                ready!(deadline.as_mut().poll(cx));
-                return Poll::Ready(Step::RecoveryPastDeadline);
-            }
-            return Poll::Pending;
-        }
-        StateProj::Readying => {
-            // A run of immediate retries must not starve the executor:
-            // tokio's cooperative budget makes a long one yield (and is a
-            // no-op outside a runtime).
-            let coop = ready!(tokio::task::coop::poll_proceed(cx));
-            let ready = ready!(service.poll_ready(cx));
-            coop.made_progress();
-            Step::Ready(ready)
-        }
-        StateProj::NoAttempts => Step::NoAttempts,
-        StateProj::Done => panic!("tower_ollama_retry::ResponseFuture polled after completion"),
-    })
+    if let Err(e) = ready {
+        return Some((Some(Err(e)), None, Reason::Readiness));
+    }
+    let attempt: &mut Attempt = this.attempt;
+    let r = retrying(&mut this.retrying.0);
+    let mut upcoming = *attempt;
+    upcoming.number = upcoming.number.saturating_add(1);
+    let failure = r.failure.take().unwrap_or(Failure::new(Class::Transient));
+    // The copy first, then the budget: a retry that cannot be sent must
+    // cost no token.
+    let Some(req) = this.next.take() else {
+        return Some((r.last.take(), None, Reason::NotReplayable));
+    };
+    if let Err(reason) = this.policy.permit_retry(&upcoming, &failure) {
+        in_span(&r.span, || {
+            tracing::warn!(
+                attempt = upcoming.number,
+                reason = reason.as_str(),
+                "retry_denied"
+            )
+        });
+        return Some((r.last.take(), None, reason));
+    }
+    if attempt.started.is_some() {
+        upcoming.sent_at = Some(Instant::now());
+    }
+    *attempt = upcoming;
+    if r.span.is_some() {
+        // A span per attempt, so that every event under it names the
+        // attempt it belongs to.
+        r.span = Some(attempt_span(&upcoming));
+    }
+    r.last.take();
+    *this.next = this.policy.replay(&req);
+    let future = this.service.call(req);
+    this.state.set(State::Calling { future });
+    None
 }
 
-/// The span of a request that failed before, if any.
-fn span_of<Res, E>(r: &Option<Box<Retrying<Res, E>>>) -> &Option<Span> {
-    const NONE: &Option<Span> = &None;
-    match r {
-        Some(r) => &r.span,
-        None => NONE,
-    }
+/// Enters the request's span, if it has one, while an inner future is
+/// polled: the inner service's events then belong to the attempt.
+fn enter<Res, E>(slot: &Option<Box<Retrying<Res, E>>>) -> Option<tracing::span::Entered<'_>> {
+    slot.as_deref()?.span.as_ref().map(Span::enter)
 }
 
 fn attempt_span(attempt: &Attempt) -> Span {
@@ -520,6 +548,7 @@ fn retrying<Res, E>(slot: &mut Option<Box<Retrying<Res, E>>>) -> &mut Retrying<R
 
 /// Notes a failed attempt; the first one allocates the retry state and opens
 /// the request's span (never on the success path).
+#[inline]
 fn record<'a, Res, E>(
     slot: &'a mut Option<Box<Retrying<Res, E>>>,
     attempt: &Attempt,
@@ -567,6 +596,7 @@ where
 
 /// After a retryable failure: the state that recovers or backs off, or the
 /// reason the loop stops here.
+#[inline]
 fn schedule<F, P, Req, Res, E>(
     policy: &mut P,
     next: &mut Option<Req>,

@@ -130,6 +130,7 @@ impl Linear {
 }
 
 impl Backoff for Linear {
+    #[inline]
     fn delay(&mut self, attempt: &Attempt) -> Duration {
         self.base
             .saturating_mul(attempt.number().max(1))

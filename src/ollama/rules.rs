@@ -145,9 +145,7 @@ pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
     let mut broken = false;
     let mut under_hyper = false;
     for e in chain(err) {
-        if e.is::<RetryError>() {
-            return Class::Fatal;
-        }
+        // Our own error first: it is what a plain Ollama service returns.
         if let Some(o) = e.downcast_ref::<crate::OllamaError>() {
             use crate::OllamaErrorKind as K;
             return match o.kind() {
@@ -157,6 +155,9 @@ pub fn classify_error(mode: Mode, err: &(dyn StdError + 'static)) -> Class {
                 K::Status(s) => classify_status(mode, s, o.message().as_bytes()),
                 _ => Class::Fatal,
             };
+        }
+        if e.is::<RetryError>() {
+            return Class::Fatal;
         }
         if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
             timeout = true;
