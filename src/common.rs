@@ -112,6 +112,17 @@ impl Common {
     }
 }
 
+impl Common {
+    /// [`finish`](Self::finish) for a first-attempt success, whose report
+    /// is only built when something shared will read it.
+    #[inline(always)]
+    pub(crate) fn first_success(&self, attempt: &Attempt) {
+        if let Some(shared) = &self.shared {
+            shared.finish(&Report::first_success(attempt));
+        }
+    }
+}
+
 impl Shared {
     #[inline(never)]
     fn finish(&self, report: &Report) {

@@ -158,4 +158,15 @@ where
         self.settings.common.finish(finished.report());
         finished.into_result()
     }
+
+    #[inline]
+    fn succeeded(&mut self, attempt: &Attempt, result: Result<Res, E>) -> Result<Res, RetryError> {
+        match result {
+            Ok(res) => {
+                self.settings.common.first_success(attempt);
+                Ok(res)
+            }
+            err => self.finish(Finished::first(attempt, err)),
+        }
+    }
 }

@@ -244,14 +244,7 @@ where
             let decision = this.policy.classify(this.attempt, &result);
             if decision == Decision::Success {
                 this.state.set(State::Done);
-                return Poll::Ready(finish(
-                    this.policy,
-                    Default::default(),
-                    this.attempt,
-                    Some(result),
-                    None,
-                    Reason::Success,
-                ));
+                return Poll::Ready(this.policy.succeeded(this.attempt, result));
             }
             return self.poll_loop(cx, Some((result, decision)));
         }

@@ -93,6 +93,17 @@ pub trait Policy<Req, Res, E> {
 
     /// Turns how the loop ended into the service's output.
     fn finish(&mut self, finished: Finished<Res, E>) -> Result<Res, Self::Error>;
+
+    /// The output of a request whose first attempt was classified a
+    /// success: what [`finish`](Self::finish) returns for it. The engine's
+    /// fast path calls this instead of `finish`, so that a policy can skip
+    /// the report a first-attempt success has no use for. The default
+    /// builds the [`Finished`] and calls `finish`: override it only to go
+    /// faster, never to behave differently.
+    #[inline]
+    fn succeeded(&mut self, attempt: &Attempt, result: Result<Res, E>) -> Result<Res, Self::Error> {
+        self.finish(Finished::first(attempt, result))
+    }
 }
 
 /// How a request's retry loop ended, handed to [`Policy::finish`].
@@ -110,6 +121,16 @@ impl<Res, E> Finished<Res, E> {
             last,
             recovery_error: None,
             report,
+        }
+    }
+
+    /// A first attempt's result, classified a success.
+    #[inline]
+    pub(crate) fn first(attempt: &Attempt, result: Result<Res, E>) -> Self {
+        Self {
+            last: Some(result),
+            recovery_error: None,
+            report: Report::first_success(attempt),
         }
     }
 

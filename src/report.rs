@@ -67,6 +67,15 @@ impl Default for Report {
 }
 
 impl Report {
+    /// The report of a request whose first attempt succeeded.
+    #[inline]
+    pub(crate) fn first_success(attempt: &crate::Attempt) -> Self {
+        Self {
+            attempts: attempt.number(),
+            ..Self::default()
+        }
+    }
+
     /// How many attempts were sent.
     pub fn attempts(&self) -> u32 {
         self.attempts

@@ -5,7 +5,7 @@ use super::code::{
 };
 use crate::backoff::{Exponential, Jitter, JitterKind};
 use crate::hint::{Hint, grpc_pushback_header};
-use crate::http::response::{already_retried, finish_response};
+use crate::http::response::{already_retried, finish_response, first_success_response};
 use crate::http::{DefaultHttpBackoff, ReplayableBody, replay_request};
 use crate::settings::{Settings, settings_builders, settings_policy_methods};
 use crate::{
@@ -348,6 +348,15 @@ where
         next: &mut Request<ReqB>,
     ) -> R::Future {
         self.recover.recover(attempt, failure, next)
+    }
+
+    #[inline]
+    fn succeeded(
+        &mut self,
+        attempt: &Attempt,
+        result: Result<Response<ResB>, E>,
+    ) -> Result<Response<ResB>, RetryError> {
+        first_success_response(&self.settings.common, attempt, result)
     }
 
     #[inline]

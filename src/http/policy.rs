@@ -1,6 +1,6 @@
 //! [`HttpPolicy`]: retries for any HTTP API, the way Envoy and browsers do.
 
-use super::response::{already_retried, finish_response};
+use super::response::{already_retried, finish_response, first_success_response};
 use super::{ReplayableBody, replay_request};
 use crate::backoff::{Exponential, Jitter, JitterKind};
 use crate::hint::retry_after_header;
@@ -352,6 +352,15 @@ where
         next: &mut Request<ReqB>,
     ) -> R::Future {
         self.recover.recover(attempt, failure, next)
+    }
+
+    #[inline]
+    fn succeeded(
+        &mut self,
+        attempt: &Attempt,
+        result: Result<Response<ResB>, E>,
+    ) -> Result<Response<ResB>, RetryError> {
+        first_success_response(&self.settings.common, attempt, result)
     }
 
     #[inline]

@@ -157,4 +157,16 @@ where
             .finish(finished)
             .unwrap_or_else(|e| error_response(&e)))
     }
+
+    #[inline]
+    fn succeeded(
+        &mut self,
+        attempt: &Attempt,
+        result: Result<Response<B>, E>,
+    ) -> Result<Response<B>, Infallible> {
+        Ok(self
+            .inner
+            .succeeded(attempt, result)
+            .unwrap_or_else(|e| error_response(&e)))
+    }
 }

@@ -53,6 +53,27 @@ pub(crate) fn finish_response<B, E: Into<BoxError>>(
     }
 }
 
+/// [`finish_response`] for a first-attempt success: the response goes back
+/// as it came, with nothing to attach.
+#[inline]
+pub(crate) fn first_success_response<B, E: Into<BoxError>>(
+    common: &Common,
+    attempt: &crate::Attempt,
+    result: Result<http::Response<B>, E>,
+) -> Result<http::Response<B>, RetryError> {
+    match result {
+        Ok(res) => {
+            common.first_success(attempt);
+            Ok(res)
+        }
+        Err(e) => {
+            let report = Report::first_success(attempt);
+            common.finish(&report);
+            Err(failed::<B, E>(Some(Err(e)), None, report))
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn failed<B, E: Into<BoxError>>(

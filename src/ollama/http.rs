@@ -94,6 +94,22 @@ where
         self.recover.recover(attempt, failure, next)
     }
 
+    #[inline]
+    fn succeeded(
+        &mut self,
+        attempt: &Attempt,
+        result: Result<Response<PeekBody<ResB>>, E>,
+    ) -> Result<Response<PeekBody<ResB>>, RetryError> {
+        match result {
+            // A body broken while being peeked takes `finish`'s path.
+            Ok(res) if res.body().peek_error().is_none() => {
+                self.settings.common.first_success(attempt);
+                Ok(res)
+            }
+            other => self.finish(Finished::first(attempt, other)),
+        }
+    }
+
     fn finish(
         &mut self,
         finished: Finished<Response<PeekBody<ResB>>, E>,

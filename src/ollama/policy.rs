@@ -327,4 +327,15 @@ where
             last => self.finish_failed(Finished { last, ..finished }),
         }
     }
+
+    #[inline(always)]
+    fn succeeded(&mut self, attempt: &Attempt, result: Result<Res, E>) -> Result<Res, RetryError> {
+        match result {
+            Ok(res) => {
+                self.settings.common.first_success(attempt);
+                Ok(res)
+            }
+            err => self.finish(Finished::first(attempt, err)),
+        }
+    }
 }
