@@ -2,7 +2,7 @@
 //! a recovery hook.
 
 use crate::backoff::Exponential;
-use crate::settings::{Settings, settings_builders, settings_policy_methods};
+use crate::settings::{Settings, plain_succeeded, settings_builders, settings_policy_methods};
 use crate::{
     AsStdError, Attempt, Backoff, BoxError, Classify, Decision, Failure, Finished, Policy, Reason,
     Recover, Report, RetryError,
@@ -159,14 +159,5 @@ where
         finished.into_result()
     }
 
-    #[inline]
-    fn succeeded(&mut self, attempt: &Attempt, result: Result<Res, E>) -> Result<Res, RetryError> {
-        match result {
-            Ok(res) => {
-                self.settings.common.first_success(attempt);
-                Ok(res)
-            }
-            err => self.finish(Finished::first(attempt, err)),
-        }
-    }
+    plain_succeeded!();
 }

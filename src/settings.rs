@@ -208,4 +208,26 @@ macro_rules! settings_policy_methods {
     };
 }
 
-pub(crate) use {settings_builders, settings_policy_methods};
+/// `Policy::succeeded` for a policy whose responses need nothing on a
+/// first-attempt success (the transport-agnostic ones): the response goes
+/// back as it is, and anything else takes `finish`'s path.
+macro_rules! plain_succeeded {
+    () => {
+        #[inline(always)]
+        fn succeeded(
+            &mut self,
+            attempt: &crate::Attempt,
+            result: Result<Res, E>,
+        ) -> Result<Res, crate::RetryError> {
+            match result {
+                Ok(res) => {
+                    self.settings.common.first_success(attempt);
+                    Ok(res)
+                }
+                err => self.finish(crate::Finished::first(attempt, err)),
+            }
+        }
+    };
+}
+
+pub(crate) use {plain_succeeded, settings_builders, settings_policy_methods};

@@ -2,7 +2,7 @@
 
 use super::rules::{Mode, classify_error};
 use crate::backoff::Linear;
-use crate::settings::{Settings, settings_builders, settings_policy_methods};
+use crate::settings::{Settings, plain_succeeded, settings_builders, settings_policy_methods};
 use crate::{
     AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, OllamaError, Policy, Reason,
     Recover, RetryError,
@@ -328,14 +328,5 @@ where
         }
     }
 
-    #[inline(always)]
-    fn succeeded(&mut self, attempt: &Attempt, result: Result<Res, E>) -> Result<Res, RetryError> {
-        match result {
-            Ok(res) => {
-                self.settings.common.first_success(attempt);
-                Ok(res)
-            }
-            err => self.finish(Finished::first(attempt, err)),
-        }
-    }
+    plain_succeeded!();
 }
