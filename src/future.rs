@@ -68,52 +68,14 @@ pin_project! {
         // Allocated on the first failure.
         retrying: RetrySlot<Res, E>,
     }
-
-    impl<S, P, Req, F, R, Res, E> PinnedDrop for RetryFuture<S, P, Req, F, R, Res, E> {
-        // A finished loop (the common case) has nothing left in its state;
-        // one that is dropped midway drops its state out of line. Either
-        // way the compiler then knows the state is `Done`, so the drop glue
-        // it emits after this shrinks to a few tests and is inlined.
-        fn drop(this: Pin<&mut Self>) {
-            let mut state = this.project().state;
-            if !matches!(state.as_ref().get_ref(), State::Done) {
-                finish_state(state.as_mut());
-                // Tells the compiler what `finish_state` did, so that the
-                // glue after this needs no code for the other states.
-                if !matches!(state.as_ref().get_ref(), State::Done) {
-                    unreachable!("finish_state leaves the state done");
-                }
-            }
-        }
-    }
 }
 
-/// Drops an unfinished state in place.
-#[cold]
-#[inline(never)]
-fn finish_state<F, R>(mut state: Pin<&mut State<F, R>>) {
-    state.set(State::Done);
-}
-
-/// The retry state's slot. Its own `Drop` keeps the future's drop glue
-/// small enough to inline: the empty slot of a request that never failed
-/// costs one test, and freeing a full one is out of line.
+/// The retry state's slot: empty until the first failure.
+///
+/// No `Drop` of its own (nor on the future): one would make the compiler
+/// require every type parameter, a borrowed request's lifetime included,
+/// to outlive the future.
 struct RetrySlot<Res, E>(Option<Box<Retrying<Res, E>>>);
-
-impl<Res, E> Drop for RetrySlot<Res, E> {
-    #[inline]
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            free(r);
-        }
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn free<T>(r: Box<T>) {
-    drop(r);
-}
 
 /// What a request that failed once carries through its retries.
 struct Retrying<Res, E> {

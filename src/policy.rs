@@ -124,9 +124,20 @@ impl<Res, E> Finished<Res, E> {
         }
     }
 
-    /// A first attempt's result, classified a success.
+    /// How a loop ends whose first attempt was classified a success: what
+    /// the default [`Policy::succeeded`] hands to [`Policy::finish`], for an
+    /// override that falls back to `finish`.
+    ///
+    /// ```
+    /// use tower_ollama_retry::{Attempt, Finished, Reason};
+    ///
+    /// let finished = Finished::<u32, ()>::first(&Attempt::new(1, 3), Ok(7));
+    /// assert_eq!(finished.reason(), Reason::Success);
+    /// assert_eq!(finished.report().attempts(), 1);
+    /// assert!(!finished.report().retried());
+    /// ```
     #[inline]
-    pub(crate) fn first(attempt: &Attempt, result: Result<Res, E>) -> Self {
+    pub fn first(attempt: &Attempt, result: Result<Res, E>) -> Self {
         Self {
             last: Some(result),
             recovery_error: None,

@@ -60,3 +60,18 @@ async fn inside_service_builder_buffer_and_box_clone_service() {
     let handle = tokio::spawn(buffered.clone().oneshot("four".into()));
     assert_eq!(handle.await.unwrap().unwrap(), 4);
 }
+
+/// A request may borrow from a local that is dropped before the response
+/// future is (the future has no `Drop` of its own to forbid it).
+#[test]
+// Declared before the local on purpose: locals drop in reverse order.
+#[allow(clippy::needless_late_init)]
+fn a_request_may_borrow_a_local_dropped_before_the_future() {
+    let mut svc = RetryLayer::new(OllamaPolicy::plain()).layer(tower::service_fn(|x: &str| {
+        std::future::ready(Ok::<usize, tower_ollama_retry::BoxError>(x.len()))
+    }));
+    let future;
+    let local = String::from("hi");
+    future = svc.call(local.as_str());
+    let _ = &future;
+}

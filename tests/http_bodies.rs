@@ -341,6 +341,15 @@ impl Service<Request<ReplayBody<ReqBody>>> for Counted {
 
 #[tokio::test]
 async fn a_body_in_memory_is_read_in_call_and_sent_by_the_ready_instance() {
+    // In a task, as a server's or a client's requests are.
+    let tasks = tokio::task::LocalSet::new();
+    tasks
+        .run_until(async { tokio::task::spawn_local(read_in_call_in_a_task()).await })
+        .await
+        .unwrap();
+}
+
+async fn read_in_call_in_a_task() {
     let clones = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut svc = ReplayLayer::new().layer(Counted {
@@ -381,6 +390,46 @@ async fn a_body_in_memory_is_read_in_call_and_sent_by_the_ready_instance() {
     let ((), out) = guard(async { tokio::join!(sender, future) }).await;
     out.unwrap();
     assert_eq!(seen.lock().unwrap()[1], Bytes::from_static(b"late frames"));
+}
+
+/// A body that needs a tokio runtime to be polled, as a file's or a
+/// socket's does.
+struct NeedsRuntime(bool);
+
+impl Body for NeedsRuntime {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Panics outside a runtime, as tokio's IO does.
+        let _ = tokio::runtime::Handle::current();
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"from a file")))))
+    }
+}
+
+#[test]
+fn call_outside_a_runtime_leaves_the_body_to_the_future() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut svc = ReplayLayer::new().layer(service_fn(
+        |req: Request<ReplayBody<NeedsRuntime>>| async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>(body)
+        },
+    ));
+    rt.block_on(svc.ready()).unwrap();
+    // `call` here runs on a thread with no runtime: it must not poll the
+    // body (which would panic); the future, awaited in the runtime, does.
+    let future = svc.call(Request::post("/").body(NeedsRuntime(false)).unwrap());
+    assert_eq!(rt.block_on(future).unwrap(), "from a file");
 }
 
 /// An `mpsc` receiver as a stream of frames.

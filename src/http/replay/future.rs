@@ -83,13 +83,13 @@ enum Filled {
 
 /// Starts replaying `req`: as far as it gets without waiting.
 ///
-/// An empty body, or one known to be over `limit`, needs no reading. Any
-/// other body is read at once for as long as its frames are ready (polled
-/// with a no-op waker, as `now_or_never` does): a body already in memory,
-/// such as `Full`, ends here, and the request can be sent from `call` on
-/// the ready service itself, with no clone of it and no buffering state.
-/// A body that is not ready is polled again, with the task's waker, by the
-/// [`ReplayFuture`].
+/// An empty body, or one known to be over `limit`, needs no reading. Inside
+/// a tokio task, any other body is read at once for as long as its frames
+/// are ready (polled with a no-op waker, as `now_or_never` does): a body
+/// already in memory, such as `Full`, ends here, and the request is sent
+/// from `call` on the ready service itself, with no clone of it and no
+/// buffering state. A body that is not ready is polled again, with the
+/// task's waker, by the [`ReplayFuture`].
 pub(super) fn start<B>(req: Request<B>, limit: usize) -> Start<B>
 where
     B: Body<Data = Bytes>,
@@ -128,6 +128,12 @@ where
         limit,
         set_length,
     };
+    // Only inside a tokio task: a body may need the runtime to be polled
+    // (a file, a socket), and tower lets `call` run anywhere. Outside one
+    // (and in a `block_on`'s own future) the response future reads it.
+    if tokio::task::try_id().is_none() {
+        return Start::Pending(buffer);
+    }
     match buffer.poll_fill(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(filled) => Start::Ready(buffer.into_request(filled)),
         Poll::Pending => Start::Pending(buffer),

@@ -23,11 +23,16 @@ use tower_service::Service;
 /// # Readiness
 ///
 /// `poll_ready` is the inner service's, and the instance that became ready
-/// is the one that sends the request. A body already in memory (`Full`,
-/// `ReplayBody::full`, an empty body) is read in `call`, and that instance
-/// is called at once. A body that has to be waited for is read by the
-/// response future, which takes the ready instance along and leaves a
-/// clone behind: the inner service is `Clone` for this reason.
+/// is the one that sends the request.
+///
+/// When `call` runs inside a tokio task (as in any hyper, axum or tonic
+/// server or client task), it polls the body once, without a waker of its
+/// own, and reads the frames that are ready. A body already in memory
+/// (`Full`, `ReplayBody::full`, a body that has arrived) ends there, and the
+/// ready instance is called at once. Otherwise (a body still arriving, or
+/// `call` outside a task) the response future reads the body, and takes
+/// the ready instance along, leaving a clone behind: the inner service is
+/// `Clone` for this reason.
 #[derive(Clone, Debug)]
 pub struct ReplayService<S> {
     inner: S,
