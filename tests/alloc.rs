@@ -215,12 +215,26 @@ fn http_cases() {
     // The whole Ollama stack: replay (the body is read in `call`: boxing it
     // to poll it costs 1, its single frame none), retry (the HeaderMap copy,
     // 2) and peek (nothing for a 200).
-    let stack = per_call(
-        &mut HttpRetryLayer::new(OllamaPolicy::default()).layer(Ok200),
-        post,
-        nothing,
-        |answer: Result<http::Response<_>, _>| assert_eq!(answer.unwrap().status(), 200),
-    );
+    // Inside a tokio task, as a server's requests are: `ReplayService` reads
+    // a body in memory inside `call` there.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let stack = tokio::task::LocalSet::new()
+        .block_on(&rt, async {
+            tokio::task::spawn_local(async {
+                per_call(
+                    &mut HttpRetryLayer::new(OllamaPolicy::default()).layer(Ok200),
+                    || request(Method::POST),
+                    || {},
+                    |answer: Result<http::Response<_>, _>| {
+                        assert_eq!(answer.unwrap().status(), 200)
+                    },
+                )
+            })
+            .await
+        })
+        .expect("the task does not panic");
     eprintln!("  ollama_stack_http    {stack:.3}  (HttpRetryLayer: replay, retry, peek)");
 
     // One retry: 503 then 200, a GET (HttpPolicy retries idempotent methods).
