@@ -4,13 +4,14 @@
 //!
 //! ```text
 //! cargo bench --bench instructions --no-run
-//! valgrind --tool=callgrind target/release/deps/instructions-<hash> <tower|ours> <success|retry|http>
+//! valgrind --tool=callgrind target/release/deps/instructions-<hash> <tower|ours> <success|retry|http|http-retry>
 //! ```
 //!
 //! `http` is the success path over an Ollama-shaped `POST`
 //! `http::Request<Full<Bytes>>` answered `200`: `tower::retry` with an
 //! equivalent policy against `HttpPolicy::new()`. Building each request is
-//! counted on both sides alike.
+//! counted on both sides alike. `http-retry` is a `GET` answered 503, then
+//! 200, with no delay between.
 //!
 //! Each service goes through `black_box`, as in the overhead benchmark, so
 //! that its policy is not folded into constants.
@@ -23,7 +24,7 @@ mod support;
 use http::Method;
 use std::hint::black_box;
 use std::time::Duration;
-use support::http::{Ok200, TowerHttp, request};
+use support::http::{Busy503Once, Ok200, TowerHttp, http_policy_no_delay, request};
 use support::{Echo, FailOnce, TowerAttempts, call_now};
 use tower_ollama_retry::http::HttpPolicy;
 use tower_ollama_retry::{OllamaPolicy, Retry};
@@ -36,7 +37,7 @@ fn main() {
     let (Some(which), Some(path)) = (which, path) else {
         // `cargo bench` runs every bench binary with `--bench`: nothing to
         // count then.
-        eprintln!("usage: instructions <tower|ours> <success|retry|http>");
+        eprintln!("usage: instructions <tower|ours> <success|retry|http|http-retry>");
         return;
     };
     let ours = || OllamaPolicy::plain().with_retry_delay(Duration::ZERO);
@@ -84,6 +85,22 @@ fn main() {
                 black_box(call_now(&mut svc, black_box(request(Method::POST)))).unwrap();
             }
         }
-        _ => eprintln!("usage: instructions <tower|ours> <success|retry|http>"),
+        ("tower", "http-retry") => {
+            let inner = Busy503Once::default();
+            let mut svc = black_box(tower::retry::Retry::new(TowerHttp::three(), inner.clone()));
+            for _ in 0..CALLS {
+                inner.reset();
+                black_box(call_now(&mut svc, black_box(request(Method::GET)))).unwrap();
+            }
+        }
+        ("ours", "http-retry") => {
+            let inner = Busy503Once::default();
+            let mut svc = black_box(Retry::new(inner.clone(), http_policy_no_delay()));
+            for _ in 0..CALLS {
+                inner.reset();
+                black_box(call_now(&mut svc, black_box(request(Method::GET)))).unwrap();
+            }
+        }
+        _ => eprintln!("usage: instructions <tower|ours> <success|retry|http|http-retry>"),
     }
 }
