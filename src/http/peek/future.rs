@@ -44,7 +44,9 @@ pin_project! {
     #[project_replace = StateReplace]
     enum State<F, B> {
         Calling { #[pin] future: F },
-        Peeking { peek: Peek<B> },
+        // Boxed: only a failed response is peeked, and every request's
+        // future would otherwise carry room for one (about 200 bytes).
+        Peeking { peek: Box<Peek<B>> },
         Done,
     }
 }
@@ -212,7 +214,9 @@ where
                         timer,
                         timeout: *this.timeout,
                     };
-                    this.state.set(State::Peeking { peek });
+                    this.state.set(State::Peeking {
+                        peek: Box::new(peek),
+                    });
                 }
                 StateProj::Peeking { peek } => {
                     let outcome = ready!(peek.poll_peek(cx));
