@@ -55,7 +55,7 @@ pub(crate) fn finish_response<B, E: Into<BoxError>>(
 
 /// [`finish_response`] for a first-attempt success: the response goes back
 /// as it came, with nothing to attach.
-#[inline]
+#[inline(always)]
 pub(crate) fn first_success_response<B, E: Into<BoxError>>(
     common: &Common,
     attempt: &crate::Attempt,
