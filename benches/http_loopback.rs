@@ -305,7 +305,7 @@ fn main() {
         );
         for i in 0..3 {
             println!(
-                "  {:<13} {:>7.0} req/s  {:>6.2} us CPU per request  (+{:.2} us)  {} connections opened",
+                "  {:<13} {:>7.0} req/s  {:>6.2} us CPU per request  ({:+.2} us)  {} connections opened",
                 NAMES[i],
                 rate[i],
                 cpu[i],
