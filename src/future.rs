@@ -8,7 +8,8 @@
 //!
 //! `Calling` classifies each result; `Success`, `Fatal`, the last attempt, a
 //! request that cannot be replayed, a deadline or a failed recovery end the
-//! loop through [`Policy::finish`].
+//! loop through [`Policy::finish`]. A first attempt classified a success
+//! takes the fast path, [`Policy::succeeded`]: no report, no retry state.
 
 use crate::policy::Finished;
 use crate::{Attempt, Class, Decision, FailedAttempt, Failure, Policy, Reason, Report};

@@ -23,7 +23,9 @@ use std::time::Duration;
 /// attempt; `None` means the first result comes back unchanged),
 /// [`permit_retry`](Self::permit_retry) (a last say, for budgets) and
 /// [`finish`](Self::finish), which turns the loop's last result into the
-/// service's output and so chooses its error type.
+/// service's output and so chooses its error type
+/// ([`succeeded`](Self::succeeded) is its fast path for a first-attempt
+/// success, and defaults to it).
 ///
 /// The engine clones the policy once per request, so `&mut self` state is
 /// per request (a per-class counter, a jitter RNG); state shared by all
