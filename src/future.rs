@@ -66,17 +66,13 @@ pin_project! {
         // The copy the next attempt (or a recovery hook) will use.
         next: Option<Req>,
         attempt: Attempt,
-        // Allocated on the first failure.
-        retrying: RetrySlot<Res, E>,
+        // Allocated on the first failure. Neither this nor the future has
+        // a `Drop` of its own: one would make the compiler require every
+        // type parameter (a borrowed request's lifetime too) to outlive the
+        // future.
+        retrying: Option<Box<Retrying<Res, E>>>,
     }
 }
-
-/// The retry state's slot: empty until the first failure.
-///
-/// No `Drop` of its own (nor on the future): one would make the compiler
-/// require every type parameter, a borrowed request's lifetime included,
-/// to outlive the future.
-struct RetrySlot<Res, E>(Option<Box<Retrying<Res, E>>>);
 
 /// What a request that failed once carries through its retries.
 struct Retrying<Res, E> {
@@ -113,7 +109,6 @@ fn in_span(span: &Option<Span>, f: impl FnOnce()) {
 
 pin_project! {
     #[project = StateProj]
-    #[repr(u8)]
     enum State<F, R> {
         Calling { #[pin] future: F },
         Waiting,
@@ -153,7 +148,7 @@ where
             policy,
             next,
             attempt,
-            retrying: RetrySlot(None),
+            retrying: None,
         }
     }
 }
@@ -200,7 +195,7 @@ where
         // The fast path: the first attempt, nothing failed yet. Small enough
         // to inline; everything else is in `poll_loop`.
         let mut this = self.as_mut().project();
-        if this.retrying.0.is_none()
+        if this.retrying.is_none()
             && let StateProj::Calling { future } = this.state.as_mut().project()
         {
             let result = ready!(future.poll(cx));
@@ -244,7 +239,7 @@ where
                 match this.state.as_mut().project() {
                     StateProj::Calling { future } => {
                         let result = {
-                            let _entered = enter(&this.retrying.0);
+                            let _entered = enter(this.retrying);
                             ready!(future.poll(cx))
                         };
                         let decision = this.policy.classify(this.attempt, &result);
@@ -253,7 +248,7 @@ where
                         }
                     }
                     StateProj::Waiting => {
-                        if let Some(r) = this.retrying.0.as_deref_mut()
+                        if let Some(r) = this.retrying.as_deref_mut()
                             && let Some(sleep) = r.sleep.as_mut()
                         {
                             let _entered = r.span.as_ref().map(Span::enter);
@@ -267,7 +262,7 @@ where
                         bounded,
                     } => {
                         let (class, bounded) = (*class, *bounded);
-                        let r = retrying(&mut this.retrying.0);
+                        let r = retrying(this.retrying);
                         let outcome = {
                             let _entered = r.span.as_ref().map(Span::enter);
                             match future.poll(cx) {
@@ -299,7 +294,7 @@ where
                         // one yield (and is a no-op outside a runtime).
                         let coop = ready!(tokio::task::coop::poll_proceed(cx));
                         let ready = {
-                            let _entered = enter(&this.retrying.0);
+                            let _entered = enter(this.retrying);
                             ready!(this.service.poll_ready(cx))
                         };
                         coop.made_progress();
@@ -316,12 +311,7 @@ where
         };
         let (last, recovery_error, reason) = ending;
         this.state.set(State::Done);
-        let failures = this
-            .retrying
-            .0
-            .take()
-            .map(|r| r.failures)
-            .unwrap_or_default();
+        let failures = this.retrying.take().map(|r| r.failures).unwrap_or_default();
         Poll::Ready(finish(
             this.policy,
             failures,
@@ -346,7 +336,7 @@ where
     let attempt: &mut Attempt = this.attempt;
     match decision {
         Decision::Success => {
-            if let Some(r) = this.retrying.0.as_deref() {
+            if let Some(r) = this.retrying.as_deref() {
                 in_span(&r.span, || {
                     tracing::info!(attempt = attempt.number, "retry_succeeded")
                 });
@@ -354,7 +344,7 @@ where
             Some((Some(result), None, Reason::Success))
         }
         Decision::Fatal(failure) => {
-            let r = record(&mut this.retrying.0, attempt, &failure);
+            let r = record(this.retrying, attempt, &failure);
             in_span(&r.span, || {
                 tracing::debug!(
                     attempt = attempt.number,
@@ -382,7 +372,7 @@ fn retry<S, P, Req, F, R, Res, E>(
 where
     P: Policy<Req, Res, E, Recover = R>,
 {
-    let r = record(&mut this.retrying.0, this.attempt, &failure);
+    let r = record(this.retrying, this.attempt, &failure);
     match schedule(this.policy, this.next, r, this.attempt, &failure, recover) {
         Ok(next_state) => {
             r.last = Some(result);
@@ -406,7 +396,7 @@ where
     let attempt: &mut Attempt = this.attempt;
     attempt.recoveries = attempt.recoveries.saturating_add(1);
     let [_, complete, failed] = recovery_names(class);
-    let r = retrying(&mut this.retrying.0);
+    let r = retrying(this.retrying);
     match outcome {
         Err(e) => {
             in_span(
@@ -448,7 +438,7 @@ where
         return Some((Some(Err(e)), None, Reason::Readiness));
     }
     let attempt: &mut Attempt = this.attempt;
-    let r = retrying(&mut this.retrying.0);
+    let r = retrying(this.retrying);
     let mut upcoming = *attempt;
     upcoming.number = upcoming.number.saturating_add(1);
     let failure = r.failure.take().unwrap_or(Failure::new(Class::Transient));
