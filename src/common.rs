@@ -110,9 +110,7 @@ impl Common {
             shared.finish(report);
         }
     }
-}
 
-impl Common {
     /// [`finish`](Self::finish) for a first-attempt success, whose report
     /// is only built when something shared will read it.
     #[inline(always)]

@@ -34,6 +34,13 @@ pub(crate) struct Knobs {
 /// No real `Duration` has this many subsecond nanoseconds.
 const NO_DEADLINE: u32 = u32::MAX;
 
+/// `d` as its whole seconds and subsecond nanoseconds, for the split
+/// durations of the per-request policy data; `Duration::new` joins them.
+#[inline]
+pub(crate) const fn split(d: Duration) -> (u64, u32) {
+    (d.as_secs(), d.subsec_nanos())
+}
+
 impl Knobs {
     #[inline]
     pub(crate) fn max_delay(&self) -> Duration {
@@ -41,7 +48,7 @@ impl Knobs {
     }
 
     pub(crate) fn set_max_delay(&mut self, max: Duration) {
-        (self.max_delay_secs, self.max_delay_nanos) = (max.as_secs(), max.subsec_nanos());
+        (self.max_delay_secs, self.max_delay_nanos) = split(max);
     }
 
     #[inline]
@@ -51,17 +58,18 @@ impl Knobs {
     }
 
     pub(crate) fn set_deadline(&mut self, deadline: Duration) {
-        (self.deadline_secs, self.deadline_nanos) = (deadline.as_secs(), deadline.subsec_nanos());
+        (self.deadline_secs, self.deadline_nanos) = split(deadline);
     }
 }
 
 impl Settings {
     pub(crate) fn new(max_attempts: u32, max_delay: Duration) -> Self {
+        let (max_delay_secs, max_delay_nanos) = split(max_delay);
         Self {
             knobs: Knobs {
                 max_attempts,
-                max_delay_nanos: max_delay.subsec_nanos(),
-                max_delay_secs: max_delay.as_secs(),
+                max_delay_nanos,
+                max_delay_secs,
                 deadline_secs: 0,
                 deadline_nanos: NO_DEADLINE,
                 limits: ClassLimits::default(),
@@ -192,6 +200,13 @@ macro_rules! settings_policy_methods {
         #[inline]
         fn deadline(&self) -> Option<std::time::Duration> {
             self.settings.knobs.deadline()
+        }
+
+        /// On with a deadline, or when the recovery hook reads
+        /// `Attempt::sent_at` (a single-flight recovery does).
+        #[inline]
+        fn measure_elapsed(&self) -> bool {
+            self.settings.knobs.deadline().is_some() || self.recover.needs_clock()
         }
 
         fn permit_retry(

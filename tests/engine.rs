@@ -481,3 +481,48 @@ async fn the_deadline_bounds_a_recovery() {
     assert_eq!(err.reason(), Reason::Deadline);
     assert_eq!(err.attempts(), 1);
 }
+
+/// A hook that says it reads `Attempt::sent_at`, and records whether it got
+/// one.
+#[derive(Clone, Default)]
+struct ClockHook(Arc<Mutex<Vec<bool>>>);
+
+impl<Req> tower_ollama_retry::Recover<Req> for ClockHook {
+    type Future = Ready<Result<(), BoxError>>;
+
+    fn recover(&mut self, attempt: &Attempt, _: &Failure, _: &mut Req) -> Self::Future {
+        self.0.lock().unwrap().push(attempt.sent_at().is_some());
+        ready(Ok(()))
+    }
+
+    fn needs_clock(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_policy_measures_the_clock_for_a_hook_that_needs_it() {
+    let seen = ClockHook::default();
+    let oom_once = |a: &Attempt, r: &Result<u32, BoxError>| match r {
+        Err(_) if a.number() == 1 => Decision::Recover(Failure::new(Class::Oom)),
+        Err(_) => Decision::Fatal(Failure::new(Class::Fatal)),
+        Ok(_) => Decision::Success,
+    };
+    let policy = RetryPolicy::new(oom_once).with_recover(seen.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: ()| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        ready(if n == 0 {
+            Err::<u32, BoxError>("oom".into())
+        } else {
+            Ok(7)
+        })
+    }));
+    assert_eq!(svc.oneshot(()).await.unwrap(), 7);
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        [true],
+        "the hook saw when its attempt was sent"
+    );
+}

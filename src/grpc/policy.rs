@@ -294,10 +294,6 @@ where
 
     settings_policy_methods!();
 
-    fn measure_elapsed(&self) -> bool {
-        self.settings.knobs.deadline().is_some() || self.recover.needs_clock()
-    }
-
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
         let mut copy = replay_request(req)?;
         // The copy is for the attempt after the one about to be sent.

@@ -54,10 +54,6 @@ where
 
     settings_policy_methods!();
 
-    fn measure_elapsed(&self) -> bool {
-        self.settings.knobs.deadline().is_some() || self.recover.needs_clock()
-    }
-
     fn replay(&mut self, req: &Request<ReqB>) -> Option<Request<ReqB>> {
         replay_request(req)
     }

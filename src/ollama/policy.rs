@@ -2,7 +2,9 @@
 
 use super::rules::{Mode, classify_error};
 use crate::backoff::Linear;
-use crate::settings::{Settings, plain_succeeded, settings_builders, settings_policy_methods};
+use crate::settings::{
+    Settings, plain_succeeded, settings_builders, settings_policy_methods, split,
+};
 use crate::{
     AsStdError, Attempt, BoxError, Class, Decision, Failure, Finished, OllamaError, Policy, Reason,
     Recover, RetryError,
@@ -98,7 +100,7 @@ impl Rules {
     }
 
     fn set_retry_delay(&mut self, delay: Duration) {
-        (self.retry_delay_secs, self.retry_delay_nanos) = (delay.as_secs(), delay.subsec_nanos());
+        (self.retry_delay_secs, self.retry_delay_nanos) = split(delay);
     }
 }
 
@@ -285,11 +287,6 @@ where
     type Recover = R::Future;
 
     settings_policy_methods!();
-
-    #[inline]
-    fn measure_elapsed(&self) -> bool {
-        self.settings.knobs.deadline().is_some() || self.recover.needs_clock()
-    }
 
     #[inline]
     fn replay(&mut self, req: &Req) -> Option<Req> {
