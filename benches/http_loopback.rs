@@ -3,7 +3,7 @@
 //! copying each request the way ours does), and under the whole Ollama
 //! stack, `HttpRetryLayer::new(OllamaPolicy::default())` (replay, retry,
 //! peek). Any tower retry layer clones the inner service for every request
-//! (the future must own a ready one); a hyper-util `Client` clone is five
+//! (the future must own a ready one); a hyper-util `Client` clone is four
 //! reference counts, which `tower_retry` shows on its own.
 //!
 //! A hyper 1 HTTP/1 server on `127.0.0.1:0` reads each request body and
