@@ -75,3 +75,18 @@ fn a_request_may_borrow_a_local_dropped_before_the_future() {
     future = svc.call(local.as_str());
     let _ = &future;
 }
+
+/// Every response through the peek layer carries a `PeekBody`, so a
+/// pass-through one must be no wider than the body it wraps: the peeked
+/// state of a failed response lives behind a box.
+#[cfg(feature = "http")]
+#[test]
+fn a_pass_through_peek_body_is_as_small_as_its_body() {
+    use tower_ollama_retry::http::PeekBody;
+    type Full = http_body_util::Full<bytes::Bytes>;
+    assert_eq!(
+        size_of::<http::Response<PeekBody<hyper::body::Incoming>>>(),
+        size_of::<http::Response<hyper::body::Incoming>>()
+    );
+    assert!(size_of::<PeekBody<Full>>() <= size_of::<Full>() + 8);
+}

@@ -109,6 +109,64 @@ impl<Res, E> tower::retry::Policy<u64, Res, E> for TowerAttempts {
     }
 }
 
+/// Our engine under `TowerAttempts`'s policy: 3 attempts, a retry on any
+/// error at once, the request copied, nothing else looked at. Next to
+/// `tower::retry` it shows what the engine itself costs, apart from what
+/// `OllamaPolicy` classifies and records.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOnly;
+
+impl<Req: Copy, Res, E> tower_ollama_retry::Policy<Req, Res, E> for EngineOnly {
+    type Error = E;
+    type Recover = tower_ollama_retry::Recovered;
+
+    fn max_attempts(&self) -> u32 {
+        3
+    }
+
+    fn replay(&mut self, req: &Req) -> Option<Req> {
+        Some(*req)
+    }
+
+    fn classify(
+        &mut self,
+        _: &tower_ollama_retry::Attempt,
+        result: &Result<Res, E>,
+    ) -> tower_ollama_retry::Decision {
+        use tower_ollama_retry::{Class, Decision, Failure};
+        match result {
+            Ok(_) => Decision::Success,
+            Err(_) => Decision::Retry(Failure::new(Class::Transient)),
+        }
+    }
+
+    fn backoff(
+        &mut self,
+        _: &tower_ollama_retry::Attempt,
+        _: &tower_ollama_retry::Failure,
+    ) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    fn recover(
+        &mut self,
+        _: &tower_ollama_retry::Attempt,
+        _: &tower_ollama_retry::Failure,
+        _: &mut Req,
+    ) -> tower_ollama_retry::Recovered {
+        tower_ollama_retry::Recovered
+    }
+
+    fn readiness_error(&mut self, error: E) -> E {
+        error
+    }
+
+    fn finish(&mut self, finished: tower_ollama_retry::Finished<Res, E>) -> Result<Res, E> {
+        let (last, _, _) = finished.into_parts();
+        last.expect("with no recovery hook, every ending has a last result")
+    }
+}
+
 pub mod http {
     //! The same over `http::Request<Full<Bytes>>`: an Ollama-shaped `POST`
     //! with a JSON body and a `content-type` header, answered `200`.
@@ -242,3 +300,6 @@ pub mod http {
         HttpPolicy::new().with_backoff(Constant::new(Duration::ZERO))
     }
 }
+
+#[cfg(feature = "ollama")]
+pub mod loopback;

@@ -64,19 +64,36 @@ pin_project! {
             #[pin]
             body: B,
         },
-        Peeked {
-            // The bytes read during the peek, kept whole for `prefix()`.
-            prefix: Bytes,
-            prefix_sent: bool,
-            // The part of the last frame read that did not fit the limit.
-            pending: Option<Bytes>,
-            complete: bool,
-            rest: Rest<B>,
-        },
+        // Boxed: only a failed response is peeked, and every response
+        // through the layer (most of them successes) carries this body
+        // inline, so a large variant would widen each one.
+        Peeked { peeked: Box<Peeked<B>> },
     }
 }
 
-/// What follows the prefix of a peeked body.
+/// The state of a body that was peeked.
+struct Peeked<B> {
+    // The bytes read during the peek, kept whole for `prefix()`.
+    prefix: Bytes,
+    prefix_sent: bool,
+    // The part of the last frame read that did not fit the limit.
+    pending: Option<Bytes>,
+    complete: bool,
+    rest: Rest<B>,
+}
+
+impl<B> Peeked<B> {
+    /// The bytes still queued before the rest of the body.
+    fn queued(&self) -> u64 {
+        let prefix = if self.prefix_sent {
+            0
+        } else {
+            self.prefix.len()
+        };
+        (prefix as u64).saturating_add(self.pending.as_ref().map_or(0, |p| p.len() as u64))
+    }
+}
+
 pub(super) enum Rest<B> {
     /// The unread part of the original body. Boxed because it was polled
     /// (pinned) during the peek.
@@ -105,11 +122,13 @@ impl<B> PeekBody<B> {
     ) -> Self {
         Self {
             kind: Kind::Peeked {
-                prefix,
-                prefix_sent: false,
-                pending,
-                complete,
-                rest,
+                peeked: Box::new(Peeked {
+                    prefix,
+                    prefix_sent: false,
+                    pending,
+                    complete,
+                    rest,
+                }),
             },
         }
     }
@@ -120,7 +139,7 @@ impl<B> PeekBody<B> {
     pub fn prefix(&self) -> &[u8] {
         match &self.kind {
             Kind::Passthrough { .. } => &[],
-            Kind::Peeked { prefix, .. } => prefix,
+            Kind::Peeked { peeked } => &peeked.prefix,
         }
     }
 
@@ -130,7 +149,7 @@ impl<B> PeekBody<B> {
     pub fn is_complete(&self) -> bool {
         match &self.kind {
             Kind::Passthrough { .. } => false,
-            Kind::Peeked { complete, .. } => *complete,
+            Kind::Peeked { peeked } => peeked.complete,
         }
     }
 
@@ -145,27 +164,11 @@ impl<B> PeekBody<B> {
     /// read that far.
     pub fn peek_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
         match &self.kind {
-            Kind::Peeked {
-                rest: Rest::Error(e),
-                ..
-            } => Some(&**e),
-            _ => None,
-        }
-    }
-
-    /// The bytes still queued before the rest of the body.
-    fn queued(&self) -> u64 {
-        match &self.kind {
-            Kind::Passthrough { .. } => 0,
-            Kind::Peeked {
-                prefix,
-                prefix_sent,
-                pending,
-                ..
-            } => {
-                let prefix = if *prefix_sent { 0 } else { prefix.len() };
-                (prefix as u64).saturating_add(pending.as_ref().map_or(0, |p| p.len() as u64))
-            }
+            Kind::Peeked { peeked } => match &peeked.rest {
+                Rest::Error(e) => Some(&**e),
+                _ => None,
+            },
+            Kind::Passthrough { .. } => None,
         }
     }
 }
@@ -184,26 +187,21 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Passthrough { body } => body.poll_frame(cx).map_err(Into::into),
-            KindProj::Peeked {
-                prefix,
-                prefix_sent,
-                pending,
-                rest,
-                ..
-            } => {
-                if !*prefix_sent {
-                    *prefix_sent = true;
-                    if !prefix.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(prefix.clone()))));
+            KindProj::Peeked { peeked } => {
+                let peeked = &mut **peeked;
+                if !peeked.prefix_sent {
+                    peeked.prefix_sent = true;
+                    if !peeked.prefix.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(peeked.prefix.clone()))));
                     }
                 }
-                if let Some(data) = pending.take() {
+                if let Some(data) = peeked.pending.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                match mem::replace(rest, Rest::Done) {
+                match mem::replace(&mut peeked.rest, Rest::Done) {
                     Rest::Body(mut body) => {
                         let polled = body.as_mut().poll_frame(cx).map_err(Into::into);
-                        *rest = Rest::Body(body);
+                        peeked.rest = Rest::Body(body);
                         polled
                     }
                     Rest::Trailers(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
@@ -217,9 +215,9 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Passthrough { body } => body.is_end_stream(),
-            Kind::Peeked { rest, .. } => {
-                self.queued() == 0
-                    && match rest {
+            Kind::Peeked { peeked } => {
+                peeked.queued() == 0
+                    && match &peeked.rest {
                         Rest::Body(body) => body.is_end_stream(),
                         Rest::Trailers(_) | Rest::Error(_) => false,
                         Rest::Done => true,
@@ -229,14 +227,13 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let queued = self.queued();
         match &self.kind {
             Kind::Passthrough { body } => body.size_hint(),
-            Kind::Peeked { rest, .. } => match rest {
-                Rest::Body(body) => add_hint(body.size_hint(), queued),
-                Rest::Trailers(_) | Rest::Done => SizeHint::with_exact(queued),
+            Kind::Peeked { peeked } => match &peeked.rest {
+                Rest::Body(body) => add_hint(body.size_hint(), peeked.queued()),
+                Rest::Trailers(_) | Rest::Done => SizeHint::with_exact(peeked.queued()),
                 // The error ends the body early: how early is unknown.
-                Rest::Error(_) => at_least(queued),
+                Rest::Error(_) => at_least(peeked.queued()),
             },
         }
     }
@@ -258,17 +255,12 @@ impl<B> fmt::Debug for PeekBody<B> {
                 .debug_struct("PeekBody")
                 .field("kind", &"passthrough")
                 .finish(),
-            Kind::Peeked {
-                prefix,
-                complete,
-                rest,
-                ..
-            } => f
+            Kind::Peeked { peeked } => f
                 .debug_struct("PeekBody")
                 .field("kind", &"peeked")
-                .field("prefix_len", &prefix.len())
-                .field("complete", complete)
-                .field("errored", &matches!(rest, Rest::Error(_)))
+                .field("prefix_len", &peeked.prefix.len())
+                .field("complete", &peeked.complete)
+                .field("errored", &matches!(peeked.rest, Rest::Error(_)))
                 .finish(),
         }
     }

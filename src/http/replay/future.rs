@@ -71,6 +71,8 @@ pub(super) struct Buffer<B> {
     len: usize,
     trailers: Option<HeaderMap>,
     limit: usize,
+    // The head's `content-length`, read once in `start`.
+    declared: Option<u64>,
     set_length: bool,
 }
 
@@ -116,9 +118,10 @@ where
     // exact length keeps saying so through its size hint, from which hyper
     // writes the same header on every attempt: adding it here would only
     // allocate.
-    let set_length = !parts.headers.contains_key(CONTENT_LENGTH)
-        && !parts.headers.contains_key(TRANSFER_ENCODING)
-        && hint.exact().is_none();
+    // The size hint first: it costs no header lookup.
+    let set_length = hint.exact().is_none()
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+        && !parts.headers.contains_key(TRANSFER_ENCODING);
     let mut buffer = Buffer {
         parts,
         body: Box::pin(body),
@@ -126,6 +129,7 @@ where
         len: 0,
         trailers: None,
         limit,
+        declared,
         set_length,
     };
     // Only inside a tokio task: a body may need the runtime to be polled
@@ -206,10 +210,8 @@ where
             // A declared length that is not the body's would be sent as is
             // and cut or stall the message on the wire: fail the request
             // with a clear error instead.
-            Filled::End
-                if declared_length(&self.parts.headers).is_some_and(|n| n != self.len as u64) =>
-            {
-                let declared = declared_length(&self.parts.headers).unwrap_or_default();
+            Filled::End if self.declared.is_some_and(|n| n != self.len as u64) => {
+                let declared = self.declared.unwrap_or_default();
                 let error = format!(
                     "the request's content-length is {declared} but its body has {} bytes",
                     self.len
