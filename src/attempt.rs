@@ -1,5 +1,7 @@
 //! The attempt context every policy decision receives.
 
+use crate::settings::split;
+use std::fmt;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -27,15 +29,34 @@ use tokio::time::Instant;
 /// assert_eq!(attempt.remaining(), 1);
 /// assert_eq!(attempt.total_delay(), Duration::from_secs(2));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     pub(crate) number: u32,
     pub(crate) max_attempts: u32,
     pub(crate) started: Option<Instant>,
     pub(crate) sent_at: Option<Instant>,
-    pub(crate) total_delay: Duration,
-    pub(crate) last_delay: Duration,
+    // The delays are split into their parts, as in `settings::Knobs`, so
+    // that the `u32`s share what would be padding: every request's future
+    // carries an `Attempt`.
+    total_delay_secs: u64,
+    last_delay_secs: u64,
+    total_delay_nanos: u32,
+    last_delay_nanos: u32,
     pub(crate) recoveries: u32,
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("number", &self.number)
+            .field("max_attempts", &self.max_attempts)
+            .field("started", &self.started)
+            .field("sent_at", &self.sent_at)
+            .field("total_delay", &self.total_delay())
+            .field("last_delay", &self.last_delay())
+            .field("recoveries", &self.recoveries)
+            .finish()
+    }
 }
 
 impl Attempt {
@@ -50,21 +71,23 @@ impl Attempt {
             max_attempts,
             started: None,
             sent_at: None,
-            total_delay: Duration::ZERO,
-            last_delay: Duration::ZERO,
+            total_delay_secs: 0,
+            last_delay_secs: 0,
+            total_delay_nanos: 0,
+            last_delay_nanos: 0,
             recoveries: 0,
         }
     }
 
     /// Sets the total delay slept so far.
     pub const fn with_total_delay(mut self, total: Duration) -> Self {
-        self.total_delay = total;
+        self.set_total_delay(total);
         self
     }
 
     /// Sets the delay slept before this attempt (used by decorrelated jitter).
     pub const fn with_last_delay(mut self, last: Duration) -> Self {
-        self.last_delay = last;
+        self.set_last_delay(last);
         self
     }
 
@@ -85,6 +108,14 @@ impl Attempt {
     pub const fn with_sent_at(mut self, sent_at: Instant) -> Self {
         self.sent_at = Some(sent_at);
         self
+    }
+
+    pub(crate) const fn set_total_delay(&mut self, total: Duration) {
+        (self.total_delay_secs, self.total_delay_nanos) = split(total);
+    }
+
+    pub(crate) const fn set_last_delay(&mut self, last: Duration) {
+        (self.last_delay_secs, self.last_delay_nanos) = split(last);
     }
 
     /// The 1-based number of this attempt.
@@ -129,12 +160,12 @@ impl Attempt {
 
     /// The sum of all delays slept so far.
     pub const fn total_delay(&self) -> Duration {
-        self.total_delay
+        Duration::new(self.total_delay_secs, self.total_delay_nanos)
     }
 
     /// The delay slept right before this attempt (zero for the first).
     pub const fn last_delay(&self) -> Duration {
-        self.last_delay
+        Duration::new(self.last_delay_secs, self.last_delay_nanos)
     }
 
     /// How many recoveries have run so far.

@@ -12,6 +12,7 @@
 //! takes the fast path, [`Policy::succeeded`]: no report, no retry state.
 
 use crate::policy::Finished;
+use crate::report::Failures;
 use crate::{Attempt, Class, Decision, FailedAttempt, Failure, Policy, Reason, Report};
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -42,10 +43,13 @@ pin_project! {
     /// it allocates nothing of its own: the only work beyond the inner call
     /// is the policy's [`replay`](Policy::replay) of the request (free for a
     /// `Copy` request, a reference-count bump for a buffered HTTP body, plus
-    /// whatever cloning the request's headers costs). Everything only a
-    /// failed attempt needs (the failure record, the result held during a
-    /// delay, the tracing span, the timer) lives in one box allocated on the
-    /// first failure, so the future a success moves around stays small.
+    /// whatever cloning the request's headers costs). A retry of a ready
+    /// service with no delay allocates nothing either: the failed result is
+    /// held on the stack until the next attempt is sent, and the first
+    /// failure is recorded in two bytes. What must outlive a poll (a timer,
+    /// a tracing span, a result held while the loop waits, a second
+    /// failure's record) lives in one box allocated when first needed, so
+    /// the future a success moves around stays small.
     ///
     /// Dropping it at any point (during a call, a delay or a recovery) stops
     /// the loop: no further attempt is sent, no hook runs, and the timer is
@@ -66,45 +70,91 @@ pin_project! {
         // The copy the next attempt (or a recovery hook) will use.
         next: Option<Req>,
         attempt: Attempt,
-        // Allocated on the first failure. Neither this nor the future has
-        // a `Drop` of its own: one would make the compiler require every
-        // type parameter (a borrowed request's lifetime too) to outlive the
-        // future.
+        // The first failed attempt, for the report: inline (two bytes), so
+        // that a retry needs no allocation for it. Later ones are listed in
+        // the retry state.
+        first_failure: Option<FirstFailure>,
+        // Allocated only for what outlives one poll of a retry: a timer, a
+        // span, or the held result while the loop waits. Neither this nor
+        // the future has a `Drop` of its own: one would make the compiler
+        // require every type parameter (a borrowed request's lifetime too)
+        // to outlive the future.
         retrying: Option<Box<Retrying<Res, E>>>,
     }
 }
 
-/// What a request that failed once carries through its retries.
+/// A retry's result and failure, held from the failed attempt until the
+/// next one is sent: the loop's answer if it stops before then, and what
+/// `permit_retry` is asked about.
+type Held<Res, E> = (Result<Res, E>, Failure);
+
+/// The first failed attempt of a request, as its report needs it: most
+/// retried requests fail once, and then its number is 1 and its delay the
+/// request's total. A second failure lists it in full in the retry state.
+#[derive(Clone, Copy)]
+struct FirstFailure {
+    class: Class,
+    recovered: bool,
+}
+
+impl FirstFailure {
+    fn full(self, delay: Duration) -> FailedAttempt {
+        FailedAttempt {
+            number: 1,
+            class: self.class,
+            delay,
+            recovered: self.recovered,
+        }
+    }
+}
+
+/// What a retry keeps across polls.
 struct Retrying<Res, E> {
-    // The result the loop returns if it stops while waiting.
-    last: Option<Result<Res, E>>,
-    // The failure the next attempt retries.
-    failure: Option<Failure>,
-    failures: crate::report::Failures,
+    // The held result while the loop waits (for a timer, a recovery or the
+    // inner service's readiness); within one poll it stays on the stack.
+    held: Option<Held<Res, E>>,
     // Opened on the first failure, when a subscriber wants it.
     span: Option<Span>,
     // Reused (reset) for every delay of the request.
     sleep: Option<Pin<Box<Sleep>>>,
+    // Every failed attempt, the first included, once there are two.
+    failures: Failures,
 }
 
 impl<Res, E> Retrying<Res, E> {
     fn new() -> Self {
         Self {
-            last: None,
-            failure: None,
-            failures: crate::report::Failures::new(),
+            held: None,
             span: None,
             sleep: None,
+            failures: Failures::new(),
         }
     }
 }
 
+/// The request's span, if it has one.
+fn span<Res, E>(slot: &Option<Box<Retrying<Res, E>>>) -> Option<&Span> {
+    slot.as_deref()?.span.as_ref()
+}
+
 /// Runs `f` (a tracing event) inside the request's span, if it has one.
-fn in_span(span: &Option<Span>, f: impl FnOnce()) {
+fn in_span(span: Option<&Span>, f: impl FnOnce()) {
     match span {
         Some(span) => span.in_scope(f),
         None => f(),
     }
+}
+
+/// Ends this poll with `Pending`, keeping the held result for the next.
+#[inline]
+fn pending<Res, E, T>(
+    slot: &mut Option<Box<Retrying<Res, E>>>,
+    held: Option<Held<Res, E>>,
+) -> Poll<T> {
+    if held.is_some() {
+        retrying(slot).held = held;
+    }
+    Poll::Pending
 }
 
 pin_project! {
@@ -148,6 +198,7 @@ where
             policy,
             next,
             attempt,
+            first_failure: None,
             retrying: None,
         }
     }
@@ -192,10 +243,11 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The fast path: the first attempt, nothing failed yet. Small enough
-        // to inline; everything else is in `poll_loop`.
+        // The fast path: the first attempt, nothing failed yet (every failed
+        // attempt is recorded). Small enough to inline; everything else is
+        // in `poll_loop`.
         let mut this = self.as_mut().project();
-        if this.retrying.is_none()
+        if this.first_failure.is_none()
             && let StateProj::Calling { future } = this.state.as_mut().project()
         {
             let result = ready!(future.poll(cx));
@@ -220,8 +272,10 @@ where
     /// The whole loop, from the first attempt's classified result (when
     /// the fast path in `poll` had it) or from the current state.
     ///
-    /// Each state is polled and its outcome handled in place: a result is
-    /// moved once, into the retry state, and only when the loop waits.
+    /// Each state is polled and its outcome handled in place. A retry's
+    /// result is held on the stack while this poll lasts, and moved into
+    /// the retry state only if the loop must wait: an immediate retry of a
+    /// ready service allocates nothing.
     #[inline(never)]
     fn poll_loop(
         self: Pin<&mut Self>,
@@ -229,21 +283,24 @@ where
         first: Option<(Result<Res, E>, Decision)>,
     ) -> Poll<Result<Res, P::Error>> {
         let mut this = self.project();
+        let mut held = this.retrying.as_deref_mut().and_then(|r| r.held.take());
         let ending = 'ending: {
             if let Some((result, decision)) = first
-                && let Some(ending) = after_attempt(&mut this, result, decision)
+                && let Some(ending) = after_attempt(&mut this, result, decision, &mut held)
             {
                 break 'ending ending;
             }
             loop {
                 match this.state.as_mut().project() {
                     StateProj::Calling { future } => {
+                        // Nothing is held while an attempt is out.
                         let result = {
                             let _entered = enter(this.retrying);
                             ready!(future.poll(cx))
                         };
                         let decision = this.policy.classify(this.attempt, &result);
-                        if let Some(ending) = after_attempt(&mut this, result, decision) {
+                        if let Some(ending) = after_attempt(&mut this, result, decision, &mut held)
+                        {
                             break 'ending ending;
                         }
                     }
@@ -251,8 +308,14 @@ where
                         if let Some(r) = this.retrying.as_deref_mut()
                             && let Some(sleep) = r.sleep.as_mut()
                         {
-                            let _entered = r.span.as_ref().map(Span::enter);
-                            ready!(sleep.as_mut().poll(cx));
+                            let polled = {
+                                let _entered = r.span.as_ref().map(Span::enter);
+                                sleep.as_mut().poll(cx)
+                            };
+                            if polled.is_pending() {
+                                r.held = held;
+                                return Poll::Pending;
+                            }
                         }
                         this.state.set(State::Readying);
                     }
@@ -262,29 +325,35 @@ where
                         bounded,
                     } => {
                         let (class, bounded) = (*class, *bounded);
-                        let r = retrying(this.retrying);
                         let outcome = {
-                            let _entered = r.span.as_ref().map(Span::enter);
-                            match future.poll(cx) {
-                                Poll::Ready(outcome) => outcome,
-                                Poll::Pending => {
-                                    // A recovery has no known length: it
-                                    // races the overall deadline.
-                                    if let (true, Some(deadline)) = (bounded, r.sleep.as_mut()) {
-                                        ready!(deadline.as_mut().poll(cx));
-                                        in_span(&r.span, || {
-                                            tracing::warn!(
-                                                attempt = this.attempt.number,
-                                                "recovery_past_deadline"
-                                            )
-                                        });
-                                        break 'ending (r.last.take(), None, Reason::Deadline);
-                                    }
-                                    return Poll::Pending;
+                            let _entered = span(this.retrying).map(Span::enter);
+                            future.poll(cx)
+                        };
+                        let outcome = match outcome {
+                            Poll::Ready(outcome) => outcome,
+                            // A recovery has no known length: it races the
+                            // overall deadline.
+                            Poll::Pending => {
+                                let deadline = match this.retrying.as_deref_mut() {
+                                    Some(Retrying {
+                                        sleep: Some(deadline),
+                                        ..
+                                    }) if bounded => deadline,
+                                    _ => return pending(this.retrying, held),
+                                };
+                                if deadline.as_mut().poll(cx).is_pending() {
+                                    return pending(this.retrying, held);
                                 }
+                                in_span(span(this.retrying), || {
+                                    tracing::warn!(
+                                        attempt = this.attempt.number,
+                                        "recovery_past_deadline"
+                                    )
+                                });
+                                break 'ending (last(held), None, Reason::Deadline);
                             }
                         };
-                        if let Some(ending) = after_recovery(&mut this, outcome, class) {
+                        if let Some(ending) = after_recovery(&mut this, outcome, class, &mut held) {
                             break 'ending ending;
                         }
                     }
@@ -292,13 +361,18 @@ where
                         // A run of immediate retries must not starve the
                         // executor: tokio's cooperative budget makes a long
                         // one yield (and is a no-op outside a runtime).
-                        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+                        let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
+                            return pending(this.retrying, held);
+                        };
                         let ready = {
                             let _entered = enter(this.retrying);
-                            ready!(this.service.poll_ready(cx))
+                            this.service.poll_ready(cx)
+                        };
+                        let Poll::Ready(ready) = ready else {
+                            return pending(this.retrying, held);
                         };
                         coop.made_progress();
-                        if let Some(ending) = when_ready(&mut this, ready) {
+                        if let Some(ending) = when_ready(&mut this, ready, &mut held) {
                             break 'ending ending;
                         }
                     }
@@ -311,7 +385,12 @@ where
         };
         let (last, recovery_error, reason) = ending;
         this.state.set(State::Done);
-        let failures = this.retrying.take().map(|r| r.failures).unwrap_or_default();
+        // The timer and the span go now, before the policy's `finish`.
+        let failures = match (this.retrying.take(), *this.first_failure) {
+            (Some(r), _) if !r.failures.is_empty() => r.failures,
+            (_, Some(first)) => smallvec::smallvec![first.full(this.attempt.total_delay())],
+            (_, None) => Failures::new(),
+        };
         Poll::Ready(finish(
             this.policy,
             failures,
@@ -323,12 +402,19 @@ where
     }
 }
 
-/// After an attempt: the state that follows it is set, or the loop ends.
+/// The held result, if any: what the loop returns when it stops waiting.
+fn last<Res, E>(held: Option<Held<Res, E>>) -> Option<Result<Res, E>> {
+    held.map(|(result, _)| result)
+}
+
+/// After an attempt: the state that follows it is set (and its result
+/// held, for a retry), or the loop ends.
 #[inline]
 fn after_attempt<S, P, Req, F, R, Res, E>(
     this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
     result: Result<Res, E>,
     decision: Decision,
+    held: &mut Option<Held<Res, E>>,
 ) -> Option<Ending<Res, E>>
 where
     P: Policy<Req, Res, E, Recover = R>,
@@ -336,16 +422,14 @@ where
     let attempt: &mut Attempt = this.attempt;
     match decision {
         Decision::Success => {
-            if let Some(r) = this.retrying.as_deref() {
-                in_span(&r.span, || {
-                    tracing::info!(attempt = attempt.number, "retry_succeeded")
-                });
+            if let Some(span) = span(this.retrying) {
+                span.in_scope(|| tracing::info!(attempt = attempt.number, "retry_succeeded"));
             }
             Some((Some(result), None, Reason::Success))
         }
         Decision::Fatal(failure) => {
-            let r = record(this.retrying, attempt, &failure);
-            in_span(&r.span, || {
+            record(this.first_failure, this.retrying, attempt, &failure);
+            in_span(span(this.retrying), || {
                 tracing::debug!(
                     attempt = attempt.number,
                     class = %failure.class(),
@@ -355,8 +439,8 @@ where
             });
             Some((Some(result), None, Reason::Fatal))
         }
-        Decision::Retry(failure) => retry(this, result, failure, false),
-        Decision::Recover(failure) => retry(this, result, failure, true),
+        Decision::Retry(failure) => retry(this, result, failure, false, held),
+        Decision::Recover(failure) => retry(this, result, failure, true, held),
     }
 }
 
@@ -368,15 +452,24 @@ fn retry<S, P, Req, F, R, Res, E>(
     result: Result<Res, E>,
     failure: Failure,
     recover: bool,
+    held: &mut Option<Held<Res, E>>,
 ) -> Option<Ending<Res, E>>
 where
     P: Policy<Req, Res, E, Recover = R>,
 {
-    let r = record(this.retrying, this.attempt, &failure);
-    match schedule(this.policy, this.next, r, this.attempt, &failure, recover) {
+    record(this.first_failure, this.retrying, this.attempt, &failure);
+    let scheduled = schedule(
+        this.policy,
+        this.next,
+        this.first_failure,
+        this.retrying,
+        this.attempt,
+        &failure,
+        recover,
+    );
+    match scheduled {
         Ok(next_state) => {
-            r.last = Some(result);
-            r.failure = Some(failure);
+            *held = Some((result, failure));
             this.state.set(next_state);
             None
         }
@@ -389,6 +482,7 @@ fn after_recovery<S, P, Req, F, R, Res, E>(
     this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
     outcome: Result<(), crate::BoxError>,
     class: Class,
+    held: &mut Option<Held<Res, E>>,
 ) -> Option<Ending<Res, E>>
 where
     P: Policy<Req, Res, E, Recover = R>,
@@ -396,26 +490,26 @@ where
     let attempt: &mut Attempt = this.attempt;
     attempt.recoveries = attempt.recoveries.saturating_add(1);
     let [_, complete, failed] = recovery_names(class);
-    let r = retrying(this.retrying);
+    let span = span(this.retrying);
     match outcome {
         Err(e) => {
             in_span(
-                &r.span,
+                span,
                 || tracing::error!(attempt = attempt.number, error = %e, "{failed}"),
             );
             // The hook's error ends the request; the failed attempt's
             // result is dropped, as in CodeWorm.
-            r.last.take();
+            held.take();
             Some((None, Some(e), Reason::RecoveryFailed))
         }
         Ok(()) => {
-            in_span(&r.span, || {
+            in_span(span, || {
                 tracing::info!(attempt = attempt.number, "{complete}")
             });
             if attempt.is_last() {
-                Some((r.last.take(), None, exhausted(&r.span, attempt)))
+                Some((last(held.take()), None, exhausted(span, attempt)))
             } else if let Some(reason) = past_deadline(&*this.policy, attempt, Duration::ZERO) {
-                Some((r.last.take(), None, reason))
+                Some((last(held.take()), None, reason))
             } else {
                 this.state.set(State::Readying);
                 None
@@ -429,6 +523,7 @@ where
 fn when_ready<S, P, Req, F, R, Res, E>(
     this: &mut RetryFutureProj<'_, S, P, Req, F, R, Res, E>,
     ready: Result<(), E>,
+    held: &mut Option<Held<Res, E>>,
 ) -> Option<Ending<Res, E>>
 where
     S: Service<Req, Future = F, Response = Res, Error = E>,
@@ -438,35 +533,40 @@ where
         return Some((Some(Err(e)), None, Reason::Readiness));
     }
     let attempt: &mut Attempt = this.attempt;
-    let r = retrying(this.retrying);
     let mut upcoming = *attempt;
     upcoming.number = upcoming.number.saturating_add(1);
-    let failure = r.failure.take().unwrap_or(Failure::new(Class::Transient));
     // The copy first, then the budget: a retry that cannot be sent must
     // cost no token.
     let Some(req) = this.next.take() else {
-        return Some((r.last.take(), None, Reason::NotReplayable));
+        return Some((last(held.take()), None, Reason::NotReplayable));
     };
-    if let Err(reason) = this.policy.permit_retry(&upcoming, &failure) {
-        in_span(&r.span, || {
+    let failure = held.as_ref().map(|(_, failure)| failure);
+    let denied = this.policy.permit_retry(
+        &upcoming,
+        failure.unwrap_or(&Failure::new(Class::Transient)),
+    );
+    if let Err(reason) = denied {
+        in_span(span(this.retrying), || {
             tracing::warn!(
                 attempt = upcoming.number,
                 reason = reason.as_str(),
                 "retry_denied"
             )
         });
-        return Some((r.last.take(), None, reason));
+        return Some((last(held.take()), None, reason));
     }
     if attempt.started.is_some() {
         upcoming.sent_at = Some(Instant::now());
     }
     *attempt = upcoming;
-    if r.span.is_some() {
+    if let Some(r) = this.retrying.as_deref_mut()
+        && r.span.is_some()
+    {
         // A span per attempt, so that every event under it names the
         // attempt it belongs to.
         r.span = Some(attempt_span(&upcoming));
     }
-    r.last.take();
+    held.take();
     *this.next = this.policy.replay(&req);
     let future = this.service.call(req);
     this.state.set(State::Calling { future });
@@ -476,7 +576,7 @@ where
 /// Enters the request's span, if it has one, while an inner future is
 /// polled: the inner service's events then belong to the attempt.
 fn enter<Res, E>(slot: &Option<Box<Retrying<Res, E>>>) -> Option<tracing::span::Entered<'_>> {
-    slot.as_deref()?.span.as_ref().map(Span::enter)
+    span(slot).map(Span::enter)
 }
 
 fn attempt_span(attempt: &Attempt) -> Span {
@@ -487,42 +587,90 @@ fn attempt_span(attempt: &Attempt) -> Span {
     )
 }
 
-/// The retry state of a request that has failed before.
-fn retrying<Res, E>(slot: &mut Option<Box<Retrying<Res, E>>>) -> &mut Retrying<Res, E> {
-    slot.get_or_insert_with(|| Box::new(Retrying::new()))
+/// The retry state, allocated the first time something must outlive a
+/// poll (never on the success path).
+#[cold]
+fn allocate<Res, E>(slot: &mut Option<Box<Retrying<Res, E>>>) -> &mut Retrying<Res, E> {
+    slot.insert(Box::new(Retrying::new()))
 }
 
-/// Notes a failed attempt; the first one allocates the retry state and opens
-/// the request's span (never on the success path).
+/// The retry state of a request.
 #[inline]
-fn record<'a, Res, E>(
-    slot: &'a mut Option<Box<Retrying<Res, E>>>,
+fn retrying<Res, E>(slot: &mut Option<Box<Retrying<Res, E>>>) -> &mut Retrying<Res, E> {
+    match slot {
+        Some(r) => r,
+        None => allocate(slot),
+    }
+}
+
+/// Notes a failed attempt; the first one opens the request's span, when a
+/// subscriber wants one.
+#[inline]
+fn record<Res, E>(
+    first: &mut Option<FirstFailure>,
+    slot: &mut Option<Box<Retrying<Res, E>>>,
     attempt: &Attempt,
     failure: &Failure,
-) -> &'a mut Retrying<Res, E> {
-    let r = retrying(slot);
-    if r.span.is_none() && tracing::enabled!(Level::INFO) {
-        r.span = Some(attempt_span(attempt));
+) {
+    if span(slot).is_none() && tracing::enabled!(Level::INFO) {
+        retrying(slot).span = Some(attempt_span(attempt));
     }
     if failure.class() == Class::Oom {
-        in_span(&r.span, || {
+        in_span(span(slot), || {
             tracing::warn!(attempt = attempt.number, "model_oom_detected")
         });
     }
+    let Some(earlier) = *first else {
+        *first = Some(FirstFailure {
+            class: failure.class(),
+            recovered: false,
+        });
+        return;
+    };
+    let failures = &mut retrying(slot).failures;
+    if failures.is_empty() {
+        // Only one delay has been slept so far: the first failure's.
+        failures.push(earlier.full(attempt.total_delay()));
+    }
     // A policy allowing millions of immediate attempts must not grow the
     // record without bound; the report keeps the first ones.
-    if r.failures.len() < crate::report::MAX_RECORDED_FAILURES {
-        r.failures.push(FailedAttempt {
+    if failures.len() < crate::report::MAX_RECORDED_FAILURES {
+        failures.push(FailedAttempt {
             number: attempt.number,
             class: failure.class(),
             delay: Duration::ZERO,
             recovered: false,
         });
     }
-    r
 }
 
-fn exhausted(span: &Option<Span>, attempt: &Attempt) -> Reason {
+/// Completes the record of the attempt that just failed, if it was
+/// recorded (a full record keeps only the first ones): whether a recovery
+/// runs after it, and the delay slept after it. A lone first failure's
+/// delay needs no setting: it is the request's total.
+fn note_latest<Res, E>(
+    first: &mut Option<FirstFailure>,
+    slot: &mut Option<Box<Retrying<Res, E>>>,
+    attempt: &Attempt,
+    recovered: bool,
+    delay: Duration,
+) {
+    match slot.as_deref_mut().and_then(|r| r.failures.last_mut()) {
+        Some(latest) => {
+            if latest.number == attempt.number {
+                latest.recovered = recovered;
+                latest.delay = delay;
+            }
+        }
+        None => {
+            if let Some(first) = first {
+                first.recovered = recovered;
+            }
+        }
+    }
+}
+
+fn exhausted(span: Option<&Span>, attempt: &Attempt) -> Reason {
     in_span(span, || {
         tracing::warn!(attempts = attempt.number, "retries_exhausted")
     });
@@ -546,7 +694,8 @@ where
 fn schedule<F, P, Req, Res, E>(
     policy: &mut P,
     next: &mut Option<Req>,
-    r: &mut Retrying<Res, E>,
+    first: &mut Option<FirstFailure>,
+    slot: &mut Option<Box<Retrying<Res, E>>>,
     attempt: &mut Attempt,
     failure: &Failure,
     recover: bool,
@@ -561,24 +710,22 @@ where
         let Some(req) = next.as_mut() else {
             return Err(Reason::NotReplayable);
         };
-        if let Some(f) = r.failures.last_mut() {
-            f.recovered = true;
-        }
-        attempt.last_delay = Duration::ZERO;
+        note_latest(first, slot, attempt, true, Duration::ZERO);
+        attempt.set_last_delay(Duration::ZERO);
         if let Some(reason) = past_deadline(policy, attempt, Duration::ZERO) {
             return Err(reason);
         }
         // A recovery has no known length: race it against the deadline.
         let bounded = match (policy.deadline(), attempt.started) {
             (Some(deadline), Some(started)) => {
-                arm(&mut r.sleep, started, deadline);
+                arm(&mut retrying(slot).sleep, started, deadline);
                 true
             }
             _ => false,
         };
         let [attempting, _, _] = recovery_names(failure.class());
         in_span(
-            &r.span,
+            span(slot),
             || tracing::info!(attempt = n, class = %failure.class(), "{attempting}"),
         );
         let future = policy.recover(attempt, failure, req);
@@ -589,14 +736,14 @@ where
         });
     }
     if attempt.is_last() {
-        return Err(exhausted(&r.span, attempt));
+        return Err(exhausted(span(slot), attempt));
     }
     if next.is_none() {
         return Err(Reason::NotReplayable);
     }
     let delay = policy.backoff(attempt, failure);
     if let Some(reason) = past_deadline(policy, attempt, delay) {
-        in_span(&r.span, || {
+        in_span(span(slot), || {
             tracing::warn!(
                 attempt = n,
                 delay_ms = delay_ms(delay),
@@ -605,12 +752,10 @@ where
         });
         return Err(reason);
     }
-    if let Some(f) = r.failures.last_mut() {
-        f.delay = delay;
-    }
-    attempt.total_delay = attempt.total_delay.saturating_add(delay);
-    attempt.last_delay = delay;
-    in_span(&r.span, || {
+    note_latest(first, slot, attempt, false, delay);
+    attempt.set_total_delay(attempt.total_delay().saturating_add(delay));
+    attempt.set_last_delay(delay);
+    in_span(span(slot), || {
         tracing::info!(
             attempt = n,
             class = %failure.class(),
@@ -622,7 +767,7 @@ where
         // No timer at all: an immediate retry needs no runtime.
         return Ok(State::Readying);
     }
-    arm(&mut r.sleep, Instant::now(), delay);
+    arm(&mut retrying(slot).sleep, Instant::now(), delay);
     Ok(State::Waiting)
 }
 
@@ -664,7 +809,7 @@ where
     let report = Report {
         attempts: attempt.number,
         failures,
-        total_delay: attempt.total_delay,
+        total_delay: attempt.total_delay(),
         recoveries: attempt.recoveries,
         reason,
     };

@@ -174,6 +174,10 @@ fn allocations_per_call() {
         "ours {ours} > tower {tower} allocations per call"
     );
     assert_eq!(ours, 0.0, "the u64 success path allocates nothing");
+    assert!(
+        ours_retry <= tower_retry,
+        "ours {ours_retry} > tower {tower_retry} allocations per call with one immediate retry"
+    );
 }
 
 #[cfg(feature = "http")]

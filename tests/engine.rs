@@ -459,6 +459,25 @@ async fn the_failure_record_is_bounded() {
         err.report().failures().len(),
         tower_ollama_retry::MAX_RECORDED_FAILURES
     );
+
+    // The attempts past the record leave the recorded ones as they were:
+    // each keeps the delay slept after it (CodeWorm's `delay × attempt`).
+    let svc = RetryLayer::new(
+        OllamaPolicy::plain()
+            .with_retry_delay(Duration::from_millis(1))
+            .with_max_attempts(1500),
+    )
+    .layer(tower::service_fn(|_: ()| async {
+        Err::<(), _>(OllamaError::timeout("slow"))
+    }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    let failures = err.report().failures();
+    let max = tower_ollama_retry::MAX_RECORDED_FAILURES;
+    assert_eq!(failures.len(), max);
+    for (i, failure) in failures.iter().enumerate() {
+        assert_eq!(failure.number as usize, i + 1);
+        assert_eq!(failure.delay, Duration::from_millis(i as u64 + 1));
+    }
 }
 
 #[tokio::test(start_paused = true)]

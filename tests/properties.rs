@@ -790,9 +790,14 @@ struct Seen {
     /// Virtual time at which the caller got its result.
     ended: Duration,
     recoveries: u32,
-    /// `Ok(response)` or `Err((reason, attempts, last error's text))`.
-    result: Result<String, (Reason, u32, Option<String>)>,
+    /// `Ok(response)` or `Err((reason, attempts, last error's text,
+    /// the report's failed attempts))`.
+    result: Result<String, (Reason, u32, Option<String>, Vec<Failed>)>,
 }
+
+/// A failed attempt as the report records it: its number, the delay slept
+/// after it, whether a recovery ran after it.
+type Failed = (u32, Duration, bool);
 
 /// CodeWorm's loop (codeworm-semantics.md, section 2), written out plainly,
 /// with default mode's two differences: a 503 busy is retried like a
@@ -803,6 +808,7 @@ fn model(case: &Case) -> Seen {
     let mut t = Duration::ZERO;
     let mut starts = Vec::new();
     let mut recoveries = 0u32;
+    let mut failed: Vec<Failed> = Vec::new();
     let end = |starts: Vec<Duration>, t, recoveries, result| Seen {
         starts,
         ended: t,
@@ -811,7 +817,7 @@ fn model(case: &Case) -> Seen {
     };
     if max == 0 {
         let last = codeworm.then(|| "Generation failed after retries".to_string());
-        return end(starts, t, 0, Err((Reason::NoAttempts, 0, last)));
+        return end(starts, t, 0, Err((Reason::NoAttempts, 0, last, failed)));
     }
     for i in 1..=max {
         starts.push(t);
@@ -820,34 +826,39 @@ fn model(case: &Case) -> Seen {
         match o {
             Outcome::Ok => return end(starts, t, recoveries, Ok(format!("answer {i}"))),
             Outcome::NotFound404 => {
+                failed.push((n, Duration::ZERO, false));
                 return end(
                     starts,
                     t,
                     recoveries,
-                    Err((Reason::Fatal, n, Some(o.shown()))),
+                    Err((Reason::Fatal, n, Some(o.shown()), failed)),
                 );
             }
             Outcome::Busy503 if codeworm => {
+                failed.push((n, Duration::ZERO, false));
                 return end(
                     starts,
                     t,
                     recoveries,
-                    Err((Reason::Fatal, n, Some(o.shown()))),
+                    Err((Reason::Fatal, n, Some(o.shown()), failed)),
                 );
             }
             Outcome::Timeout | Outcome::Refused | Outcome::Busy503 => {
                 if i == max {
+                    failed.push((n, Duration::ZERO, false));
                     return end(
                         starts,
                         t,
                         recoveries,
-                        Err((Reason::Exhausted, n, Some(o.shown()))),
+                        Err((Reason::Exhausted, n, Some(o.shown()), failed)),
                     );
                 }
                 // retry_delay × (attempt index + 1), never after the last.
+                failed.push((n, case.retry_delay * n, false));
                 t += case.retry_delay * n;
             }
             Outcome::Oom => {
+                failed.push((n, Duration::ZERO, codeworm || i < max));
                 if codeworm || i < max {
                     recoveries += 1;
                     t += case.recovery_time;
@@ -857,7 +868,7 @@ fn model(case: &Case) -> Seen {
                             starts,
                             t,
                             recoveries,
-                            Err((Reason::RecoveryFailed, n, Some(msg))),
+                            Err((Reason::RecoveryFailed, n, Some(msg), failed)),
                         );
                     }
                 }
@@ -871,7 +882,7 @@ fn model(case: &Case) -> Seen {
                         starts,
                         t,
                         recoveries,
-                        Err((Reason::Exhausted, n, Some(msg))),
+                        Err((Reason::Exhausted, n, Some(msg), failed)),
                     );
                 }
                 // No backoff after a recovery.
@@ -936,6 +947,11 @@ fn engine(case: &Case) -> Seen {
                     e.reason(),
                     e.attempts(),
                     e.last_error().map(|s| s.to_string()),
+                    e.report()
+                        .failures()
+                        .iter()
+                        .map(|f| (f.number, f.delay, f.recovered))
+                        .collect(),
                 )
             }),
         }
