@@ -110,10 +110,12 @@ impl Attempt {
         self
     }
 
+    #[inline]
     pub(crate) const fn set_total_delay(&mut self, total: Duration) {
         (self.total_delay_secs, self.total_delay_nanos) = split(total);
     }
 
+    #[inline]
     pub(crate) const fn set_last_delay(&mut self, last: Duration) {
         (self.last_delay_secs, self.last_delay_nanos) = split(last);
     }
@@ -159,11 +161,13 @@ impl Attempt {
     }
 
     /// The sum of all delays slept so far.
+    #[inline]
     pub const fn total_delay(&self) -> Duration {
         Duration::new(self.total_delay_secs, self.total_delay_nanos)
     }
 
     /// The delay slept right before this attempt (zero for the first).
+    #[inline]
     pub const fn last_delay(&self) -> Duration {
         Duration::new(self.last_delay_secs, self.last_delay_nanos)
     }

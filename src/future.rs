@@ -533,38 +533,39 @@ where
         return Some((Some(Err(e)), None, Reason::Readiness));
     }
     let attempt: &mut Attempt = this.attempt;
-    let mut upcoming = *attempt;
-    upcoming.number = upcoming.number.saturating_add(1);
     // The copy first, then the budget: a retry that cannot be sent must
     // cost no token.
     let Some(req) = this.next.take() else {
         return Some((last(held.take()), None, Reason::NotReplayable));
     };
+    // The budget is asked about the attempt to come, in place; a denied one
+    // is not counted as made.
+    let made = attempt.number;
+    attempt.number = made.saturating_add(1);
     let failure = held.as_ref().map(|(_, failure)| failure);
-    let denied = this.policy.permit_retry(
-        &upcoming,
-        failure.unwrap_or(&Failure::new(Class::Transient)),
-    );
+    let denied = this
+        .policy
+        .permit_retry(attempt, failure.unwrap_or(&Failure::new(Class::Transient)));
     if let Err(reason) = denied {
         in_span(span(this.retrying), || {
             tracing::warn!(
-                attempt = upcoming.number,
+                attempt = attempt.number,
                 reason = reason.as_str(),
                 "retry_denied"
             )
         });
+        attempt.number = made;
         return Some((last(held.take()), None, reason));
     }
     if attempt.started.is_some() {
-        upcoming.sent_at = Some(Instant::now());
+        attempt.sent_at = Some(Instant::now());
     }
-    *attempt = upcoming;
     if let Some(r) = this.retrying.as_deref_mut()
         && r.span.is_some()
     {
         // A span per attempt, so that every event under it names the
         // attempt it belongs to.
-        r.span = Some(attempt_span(&upcoming));
+        r.span = Some(attempt_span(attempt));
     }
     held.take();
     *this.next = this.policy.replay(&req);
