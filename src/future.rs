@@ -511,6 +511,10 @@ where
             } else if let Some(reason) = past_deadline(&*this.policy, attempt, Duration::ZERO) {
                 Some((last(held.take()), None, reason))
             } else {
+                // No delay is slept before the attempt that follows a
+                // recovery (the hook itself saw the delay before the one
+                // that failed).
+                attempt.set_last_delay(Duration::ZERO);
                 this.state.set(State::Readying);
                 None
             }
@@ -711,11 +715,10 @@ where
         let Some(req) = next.as_mut() else {
             return Err(Reason::NotReplayable);
         };
-        note_latest(first, slot, attempt, true, Duration::ZERO);
-        attempt.set_last_delay(Duration::ZERO);
         if let Some(reason) = past_deadline(policy, attempt, Duration::ZERO) {
             return Err(reason);
         }
+        note_latest(first, slot, attempt, true, Duration::ZERO);
         // A recovery has no known length: race it against the deadline.
         let bounded = match (policy.deadline(), attempt.started) {
             (Some(deadline), Some(started)) => {

@@ -545,3 +545,84 @@ async fn every_policy_measures_the_clock_for_a_hook_that_needs_it() {
         "the hook saw when its attempt was sent"
     );
 }
+
+/// An OOM classified after the deadline has passed runs no recovery, and
+/// the report says so.
+#[tokio::test(start_paused = true)]
+async fn a_recovery_the_deadline_prevented_is_not_recorded_as_run() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let hook = recover_fn(move |_: &Attempt, _: &Failure| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<(), BoxError>(()) }
+    });
+    let slow_oom = tower::service_fn(|_: ()| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err::<&str, _>(OllamaError::model("CUDA error: out of memory"))
+    });
+    let policy = OllamaPolicy::plain()
+        .with_recovery(hook)
+        .with_deadline(Duration::from_millis(100));
+    let err = RetryLayer::new(policy)
+        .layer(slow_oom)
+        .oneshot(())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::Deadline);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the hook never ran");
+    assert_eq!(err.report().recoveries(), 0);
+    assert!(!err.report().failures()[0].recovered);
+}
+
+/// The recovery hook sees the attempt that failed as it was, including the
+/// delay slept before it; the attempt after the recovery had none.
+#[tokio::test(start_paused = true)]
+async fn the_recovery_hook_sees_the_delay_before_the_failed_attempt() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (by_hook, by_backoff) = (seen.clone(), seen.clone());
+    let hook = recover_fn(move |attempt: &Attempt, _: &Failure| {
+        by_hook
+            .lock()
+            .unwrap()
+            .push(("recover", attempt.number(), attempt.last_delay()));
+        async { Ok::<(), BoxError>(()) }
+    });
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = tower::service_fn(move |_: ()| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            match n {
+                1 | 3 => Err(OllamaError::timeout("timed out")),
+                2 => Err(OllamaError::model("CUDA error: out of memory")),
+                _ => Ok("done"),
+            }
+        }
+    });
+    let policy = RetryPolicy::new(|_: &Attempt, r: &Result<&str, OllamaError>| match r {
+        Ok(_) => Decision::Success,
+        Err(e) if e.to_string().contains("out of memory") => {
+            Decision::Recover(Failure::new(Class::Oom))
+        }
+        Err(_) => Decision::Retry(Failure::new(Class::Timeout)),
+    })
+    .with_max_attempts(4)
+    .with_backoff(move |attempt: &Attempt| {
+        by_backoff
+            .lock()
+            .unwrap()
+            .push(("backoff", attempt.number(), attempt.last_delay()));
+        Duration::from_millis(100)
+    })
+    .with_recover(hook);
+    let out = RetryLayer::new(policy).layer(svc).oneshot(()).await;
+    assert_eq!(out.unwrap(), "done");
+    let ms = Duration::from_millis;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("backoff", 1, ms(0)),
+            ("recover", 2, ms(100)),
+            ("backoff", 3, ms(0)),
+        ]
+    );
+}
