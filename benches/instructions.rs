@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench instructions --no-run
 //! valgrind --tool=callgrind target/release/deps/instructions-<hash> <tower|ours> <success|retry|http|http-retry>
+//! valgrind --tool=callgrind target/release/deps/instructions-<hash> engine <success|retry>
 //! valgrind --tool=callgrind target/release/deps/instructions-<hash> <bare|tower|ours> loopback
 //! ```
 //!
@@ -13,6 +14,10 @@
 //! equivalent policy against `HttpPolicy::new()`. Building each request is
 //! counted on both sides alike. `http-retry` is a `GET` answered 503, then
 //! 200, with no delay between.
+//!
+//! `engine` is our engine under `tower::retry`'s policy (`EngineOnly`: 3
+//! attempts, any error retried, nothing classified), to tell the loop's cost
+//! from `OllamaPolicy`'s.
 //!
 //! Each service goes through `black_box`, as in the overhead benchmark, so
 //! that its policy is not folded into constants.
@@ -45,7 +50,7 @@ use tower_ollama_retry::{OllamaPolicy, Retry};
 
 const CALLS: u64 = 1_000_000;
 
-const USAGE: &str = "usage: instructions <tower|ours> <success|retry|http|http-retry>, or <bare|tower|ours> loopback";
+const USAGE: &str = "usage: instructions <tower|ours> <success|retry|http|http-retry>, engine <success|retry>, or <bare|tower|ours> loopback";
 
 /// Requests the `loopback` case sends, after [`support::loopback::IN_FLIGHT`]
 /// to warm up.
