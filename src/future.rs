@@ -75,7 +75,8 @@ pin_project! {
         // the retry state.
         first_failure: Option<FirstFailure>,
         // Allocated only for what outlives one poll of a retry: a timer, a
-        // span, or the held result while the loop waits. Neither this nor
+        // span, the held result while the loop waits, or the record of a
+        // second failure. Neither this nor
         // the future has a `Drop` of its own: one would make the compiler
         // require every type parameter (a borrowed request's lifetime too)
         // to outlive the future.
