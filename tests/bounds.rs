@@ -90,3 +90,15 @@ fn a_pass_through_peek_body_is_as_small_as_its_body() {
     );
     assert!(size_of::<PeekBody<Full>>() <= size_of::<Full>() + 8);
 }
+
+/// Every request through the replay layer, and its replay copy, carries a
+/// `ReplayBody`: its rare states are boxed, so it is a buffer and a word or
+/// two.
+#[cfg(feature = "http")]
+#[test]
+fn a_replay_body_is_a_buffer_and_a_word_or_two() {
+    use tower_ollama_retry::http::ReplayBody;
+    type Full = http_body_util::Full<bytes::Bytes>;
+    assert!(size_of::<ReplayBody<Full>>() <= size_of::<bytes::Bytes>() + 16);
+    assert!(size_of::<ReplayBody<hyper::body::Incoming>>() <= size_of::<bytes::Bytes>() + 16);
+}

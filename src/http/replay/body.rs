@@ -77,12 +77,16 @@ pin_project! {
             read: VecDeque<Bytes>,
             body: Pin<Box<B>>,
         },
-        // Failed while being read: the frames read, then the error.
-        Failed {
-            read: VecDeque<Bytes>,
-            error: Option<BoxError>,
-        },
+        // Failed while being read: the frames read, then the error. Boxed,
+        // as the rarest state, so that it does not widen the others.
+        Failed { failed: Box<Failed> },
     }
+}
+
+/// A body that failed while being read for replay.
+struct Failed {
+    read: VecDeque<Bytes>,
+    error: Option<BoxError>,
 }
 
 /// Where a buffered body is in its frames.
@@ -136,8 +140,10 @@ impl<B> ReplayBody<B> {
     pub(super) fn failed(read: Frames, error: BoxError) -> Self {
         Self {
             kind: Kind::Failed {
-                read: read.into_iter().collect(),
-                error: Some(error),
+                failed: Box::new(Failed {
+                    read: read.into_iter().collect(),
+                    error: Some(error),
+                }),
             },
         }
     }
@@ -212,9 +218,9 @@ where
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 None => body.as_mut().poll_frame(cx).map_err(Into::into),
             },
-            KindProj::Failed { read, error } => match read.pop_front() {
+            KindProj::Failed { failed } => match failed.read.pop_front() {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                None => Poll::Ready(error.take().map(Err)),
+                None => Poll::Ready(failed.error.take().map(Err)),
             },
         }
     }
@@ -232,7 +238,7 @@ where
             },
             Kind::Stream { body } => body.is_end_stream(),
             Kind::Resumed { read, body } => read.is_empty() && body.is_end_stream(),
-            Kind::Failed { read, error } => read.is_empty() && error.is_none(),
+            Kind::Failed { failed } => failed.read.is_empty() && failed.error.is_none(),
         }
     }
 
@@ -253,9 +259,9 @@ where
             Kind::Stream { body } => body.size_hint(),
             Kind::Resumed { read, body } => add_hint(body.size_hint(), queued_len(read)),
             // The error ends the body early: how early is unknown.
-            Kind::Failed { read, error } => match error {
-                Some(_) => at_least(queued_len(read)),
-                None => SizeHint::with_exact(queued_len(read)),
+            Kind::Failed { failed } => match failed.error {
+                Some(_) => at_least(queued_len(&failed.read)),
+                None => SizeHint::with_exact(queued_len(&failed.read)),
             },
         }
     }
@@ -273,9 +279,9 @@ impl<B> fmt::Debug for ReplayBody<B> {
             Kind::Resumed { read, .. } => d
                 .field("kind", &"resumed")
                 .field("pending", &queued_len(read)),
-            Kind::Failed { read, .. } => d
+            Kind::Failed { failed } => d
                 .field("kind", &"failed")
-                .field("pending", &queued_len(read)),
+                .field("pending", &queued_len(&failed.read)),
         };
         d.finish()
     }
