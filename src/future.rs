@@ -387,11 +387,7 @@ where
         let (last, recovery_error, reason) = ending;
         this.state.set(State::Done);
         // The timer and the span go now, before the policy's `finish`.
-        let failures = match (this.retrying.take(), *this.first_failure) {
-            (Some(r), _) if !r.failures.is_empty() => r.failures,
-            (_, Some(first)) => smallvec::smallvec![first.full(this.attempt.total_delay())],
-            (_, None) => Failures::new(),
-        };
+        let failures = failures(*this.first_failure, this.retrying.take(), this.attempt);
         Poll::Ready(finish(
             this.policy,
             failures,
@@ -673,6 +669,20 @@ fn note_latest<Res, E>(
                 first.recovered = recovered;
             }
         }
+    }
+}
+
+/// The record of every failed attempt, for the report, from its two
+/// parts: the first failure inline, and the list once there are two.
+fn failures<Res, E>(
+    first: Option<FirstFailure>,
+    slot: Option<Box<Retrying<Res, E>>>,
+    attempt: &Attempt,
+) -> Failures {
+    match (slot, first) {
+        (Some(r), _) if !r.failures.is_empty() => r.failures,
+        (_, Some(first)) => smallvec::smallvec![first.full(attempt.total_delay())],
+        (_, None) => Failures::new(),
     }
 }
 
