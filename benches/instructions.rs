@@ -150,7 +150,7 @@ fn main() {
                 inner.clone(),
             ));
             for i in 0..CALLS {
-                inner.reset();
+                inner.calls.reset();
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
             }
         }
@@ -158,7 +158,7 @@ fn main() {
             let inner = FailOnce::default();
             let mut svc = black_box(Retry::new(inner.clone(), ours()));
             for i in 0..CALLS {
-                inner.reset();
+                inner.calls.reset();
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
             }
         }
@@ -172,7 +172,7 @@ fn main() {
             let inner = FailOnce::default();
             let mut svc = black_box(Retry::new(inner.clone(), EngineOnly));
             for i in 0..CALLS {
-                inner.reset();
+                inner.calls.reset();
                 black_box(call_now(&mut svc, black_box(i))).unwrap();
             }
         }
@@ -192,7 +192,7 @@ fn main() {
             let inner = Busy503Once::default();
             let mut svc = black_box(tower::retry::Retry::new(TowerHttp::three(), inner.clone()));
             for _ in 0..CALLS {
-                inner.reset();
+                inner.calls.reset();
                 black_box(call_now(&mut svc, black_box(request(Method::GET)))).unwrap();
             }
         }
@@ -200,7 +200,7 @@ fn main() {
             let inner = Busy503Once::default();
             let mut svc = black_box(Retry::new(inner.clone(), http_policy_no_delay()));
             for _ in 0..CALLS {
-                inner.reset();
+                inner.calls.reset();
                 black_box(call_now(&mut svc, black_box(request(Method::GET)))).unwrap();
             }
         }

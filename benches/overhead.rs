@@ -32,7 +32,6 @@
 
 use criterion::{BatchSize, Criterion};
 use std::hint::black_box;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tower_ollama_retry::{OllamaPolicy, Retry};
 
@@ -83,41 +82,33 @@ fn one_retry(c: &mut Criterion) {
     let mut ours = black_box(Retry::new(inner.clone(), policy));
 
     // Both retry once and succeed, without a runtime.
-    inner.reset();
+    inner.calls.reset();
     assert_eq!(call_now(&mut tower, 7).map_err(|e| e.to_string()), Ok(8));
-    assert_eq!(
-        inner.calls.load(Ordering::Relaxed),
-        2,
-        "one failure, one success"
-    );
-    inner.reset();
+    assert_eq!(inner.calls.count(), 2, "one failure, one success");
+    inner.calls.reset();
     assert_eq!(call_now(&mut ours, 7).map_err(|e| e.to_string()), Ok(8));
-    assert_eq!(
-        inner.calls.load(Ordering::Relaxed),
-        2,
-        "one failure, one success"
-    );
+    assert_eq!(inner.calls.count(), 2, "one failure, one success");
 
     g.bench_function("tower_retry", |b| {
         b.iter(|| {
-            inner.reset();
+            inner.calls.reset();
             call_now(&mut tower, black_box(7)).unwrap()
         })
     });
     g.bench_function("ours_ollama", |b| {
         b.iter(|| {
-            inner.reset();
+            inner.calls.reset();
             call_now(&mut ours, black_box(7)).unwrap()
         })
     });
     // The engine under tower's policy: what the loop costs apart from what
     // `OllamaPolicy` classifies.
     let mut engine = black_box(Retry::new(inner.clone(), EngineOnly));
-    inner.reset();
+    inner.calls.reset();
     assert_eq!(call_now(&mut engine, 7).map_err(|e| e.to_string()), Ok(8));
     g.bench_function("ours_engine", |b| {
         b.iter(|| {
-            inner.reset();
+            inner.calls.reset();
             call_now(&mut engine, black_box(7)).unwrap()
         })
     });
@@ -135,7 +126,6 @@ mod http {
     use criterion::BenchmarkGroup;
     use criterion::measurement::WallTime;
     use http::Method;
-    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
     use tower::Layer;
     use tower_ollama_retry::http::{HttpPolicy, HttpRetryLayer};
@@ -225,21 +215,21 @@ mod http {
             call_now(&mut tower, request(get.clone())).unwrap().status(),
             200
         );
-        assert_eq!(inner.calls.load(Ordering::Relaxed), 2);
-        inner.reset();
+        assert_eq!(inner.calls.count(), 2);
+        inner.calls.reset();
         assert_eq!(
             call_now(&mut ours, request(get.clone())).unwrap().status(),
             200
         );
-        assert_eq!(inner.calls.load(Ordering::Relaxed), 2);
-        inner.reset();
+        assert_eq!(inner.calls.count(), 2);
+        inner.calls.reset();
         g.bench_function("tower_retry_http", |b| {
             b.iter_batched(
                 || request(get.clone()),
                 // The reset goes in the routine: `iter_batched` runs the
                 // setup for a whole batch first.
                 |req| {
-                    inner.reset();
+                    inner.calls.reset();
                     call_now(&mut tower, req).unwrap()
                 },
                 BatchSize::SmallInput,
@@ -249,7 +239,7 @@ mod http {
             b.iter_batched(
                 || request(get.clone()),
                 |req| {
-                    inner.reset();
+                    inner.calls.reset();
                     call_now(&mut ours, req).unwrap()
                 },
                 BatchSize::SmallInput,

@@ -147,7 +147,7 @@ fn allocations_per_call() {
 
     // One retry, u64.
     let inner = FailOnce::default();
-    let reset = || inner.reset();
+    let reset = || inner.calls.reset();
     let tower_retry = per_call(
         &mut tower::retry::Retry::new(TOWER_THREE, inner.clone()),
         || 7,
@@ -243,7 +243,7 @@ fn http_cases() {
 
     // One retry: 503 then 200, a GET (HttpPolicy retries idempotent methods).
     let inner = Busy503Once::default();
-    let reset = || inner.reset();
+    let reset = || inner.calls.reset();
     let get = || request(Method::GET);
     let tower_retry = per_call(
         &mut tower::retry::Retry::new(TOWER_HTTP_THREE, inner.clone()),

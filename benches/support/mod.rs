@@ -47,17 +47,31 @@ impl Service<u64> for Echo {
     }
 }
 
+/// Counts a service's calls since the last reset, shared by its clones: the
+/// services below answer their first call differently.
+#[derive(Clone, Debug, Default)]
+pub struct Calls(Arc<AtomicU32>);
+
+impl Calls {
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a call; whether it is the first since the last reset.
+    pub fn first(&self) -> bool {
+        self.0.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Fails its first call (since the last reset) with a timeout, then
 /// answers `req + 1`.
 #[derive(Clone, Debug, Default)]
 pub struct FailOnce {
-    pub calls: Arc<AtomicU32>,
-}
-
-impl FailOnce {
-    pub fn reset(&self) {
-        self.calls.store(0, Ordering::Relaxed);
-    }
+    pub calls: Calls,
 }
 
 impl Service<u64> for FailOnce {
@@ -70,7 +84,7 @@ impl Service<u64> for FailOnce {
     }
 
     fn call(&mut self, req: u64) -> Self::Future {
-        if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.calls.first() {
             ready(Err(OllamaError::timeout("read timed out")))
         } else {
             ready(Ok(req.wrapping_add(1)))
@@ -176,8 +190,6 @@ pub mod http {
     use http::{HeaderValue, Method, Request, Response, Uri};
     use http_body_util::Full;
     use std::future::{Ready, ready};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::task::{Context, Poll};
     use std::time::Duration;
     use tower_ollama_retry::BoxError;
@@ -233,13 +245,7 @@ pub mod http {
     /// Answers 503 to its first call since the last reset, then 200.
     #[derive(Clone, Debug, Default)]
     pub struct Busy503Once {
-        pub calls: Arc<AtomicU32>,
-    }
-
-    impl Busy503Once {
-        pub fn reset(&self) {
-            self.calls.store(0, Ordering::Relaxed);
-        }
+        pub calls: super::Calls,
     }
 
     impl Service<Req> for Busy503Once {
@@ -252,8 +258,7 @@ pub mod http {
         }
 
         fn call(&mut self, _: Req) -> Self::Future {
-            let first = self.calls.fetch_add(1, Ordering::Relaxed) == 0;
-            ready(Ok(response(if first { 503 } else { 200 })))
+            ready(Ok(response(if self.calls.first() { 503 } else { 200 })))
         }
     }
 
