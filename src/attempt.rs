@@ -85,7 +85,7 @@ impl Attempt {
         self
     }
 
-    /// Sets the delay slept before this attempt (used by decorrelated jitter).
+    /// Sets the delay slept before this attempt.
     pub const fn with_last_delay(mut self, last: Duration) -> Self {
         self.set_last_delay(last);
         self

@@ -184,8 +184,24 @@ impl<Res, E> Finished<Res, E> {
     {
         match self.last {
             Some(Ok(res)) => Ok(res),
-            Some(Err(e)) => Err(RetryError::new(self.report, Some(e.into()))),
-            None => Err(RetryError::new(self.report, self.recovery_error)),
+            last => Err(ending_error(last, self.recovery_error, self.report)),
         }
     }
+}
+
+/// The error a loop that did not end with a response ends with: its last
+/// error, or else the recovery hook's, with the report. Out of line: only
+/// failures take it.
+#[cold]
+#[inline(never)]
+pub(crate) fn ending_error<Res, E: Into<BoxError>>(
+    last: Option<Result<Res, E>>,
+    recovery_error: Option<BoxError>,
+    report: Report,
+) -> RetryError {
+    let source = match last {
+        Some(Err(e)) => Some(e.into()),
+        _ => recovery_error,
+    };
+    RetryError::new(report, source)
 }

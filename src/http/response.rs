@@ -2,6 +2,7 @@
 //! report, and recognise one that an inner retry layer already finished.
 
 use crate::common::Common;
+use crate::policy::ending_error;
 use crate::{BoxError, Finished, Reason, Report, RetryError};
 
 /// Whether an inner retry layer already gave up on this response (its
@@ -49,7 +50,7 @@ pub(crate) fn finish_response<B, E: Into<BoxError>>(
             }
             Ok(res)
         }
-        last => Err(failed(last, finished.recovery_error, finished.report)),
+        last => Err(ending_error(last, finished.recovery_error, finished.report)),
     }
 }
 
@@ -69,21 +70,11 @@ pub(crate) fn first_success_response<B, E: Into<BoxError>>(
         Err(e) => {
             let report = Report::first_success(attempt);
             common.finish(&report);
-            Err(failed::<B, E>(Some(Err(e)), None, report))
+            Err(ending_error::<http::Response<B>, E>(
+                Some(Err(e)),
+                None,
+                report,
+            ))
         }
     }
-}
-
-#[cold]
-#[inline(never)]
-fn failed<B, E: Into<BoxError>>(
-    last: Option<Result<http::Response<B>, E>>,
-    recovery_error: Option<BoxError>,
-    report: Report,
-) -> RetryError {
-    let source = match last {
-        Some(Err(e)) => Some(e.into()),
-        _ => recovery_error,
-    };
-    RetryError::new(report, source)
 }

@@ -62,11 +62,13 @@ pub struct Plain;
 /// assert_eq!(answer, "an answer to \"why\"");
 /// assert_eq!(CALLS.load(Ordering::SeqCst), 2);
 ///
-/// // Three timeouts in a row: the third comes back, after 2 ms of backoff.
+/// // Three timeouts in a row: the third comes back, after 1 ms and then 2 ms
+/// // of backoff (CodeWorm's `retry_delay × attempt`).
 /// let always_slow = service_fn(|_: ()| async { Err::<(), _>(OllamaError::timeout("read timed out")) });
 /// let policy = OllamaPolicy::plain().with_retry_delay(Duration::from_millis(1));
 /// let err = RetryLayer::new(policy).layer(always_slow).oneshot(()).await.unwrap_err();
 /// assert_eq!(err.attempts(), 3);
+/// assert_eq!(err.report().total_delay(), Duration::from_millis(3));
 /// assert_eq!(
 ///     err.to_string(),
 ///     "request failed after 3 attempts: every allowed attempt failed: read timed out"

@@ -94,6 +94,7 @@ impl<B> Peeked<B> {
     }
 }
 
+/// What follows the prefix of a peeked body.
 pub(super) enum Rest<B> {
     /// The unread part of the original body. Boxed because it was polled
     /// (pinned) during the peek.

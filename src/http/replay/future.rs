@@ -117,8 +117,7 @@ where
     // have, so that every attempt has the same head. One that knew its
     // exact length keeps saying so through its size hint, from which hyper
     // writes the same header on every attempt: adding it here would only
-    // allocate.
-    // The size hint first: it costs no header lookup.
+    // allocate. The size hint is checked first: it costs no header lookup.
     let set_length = hint.exact().is_none()
         && !parts.headers.contains_key(CONTENT_LENGTH)
         && !parts.headers.contains_key(TRANSFER_ENCODING);
